@@ -1,0 +1,191 @@
+"""Frozen dataclass configs: presets, command-line overrides, YAML round trip, provenance.
+
+Every stage (world, train, cam, evaluate, mine, ...) takes one frozen dataclass. The CLI adds one
+``--field-name`` option per field, so every value can be set from the command line, and the
+resolved config is written beside each output together with the git SHA and package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import platform
+import subprocess
+import typing
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+_MISSING = object()
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _parse_scalar(kind: Any, text: str) -> Any:
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if kind in (int, float, str, Path):
+        return kind(text)
+    return text
+
+
+def _converter(hint: Any):
+    """Return (argparse type, nargs) for a dataclass field's type hint."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            conv, nargs = _converter(inner[0])
+
+            def optional(text: str, _conv=conv):
+                return None if text.lower() in ("none", "null", "") else _conv(text)
+
+            return optional, nargs
+    if origin is tuple:
+        item = args[0] if args else str
+        return (lambda text, _k=item: _parse_scalar(_k, text)), "*"
+    return (lambda text, _k=hint: _parse_scalar(_k, text)), None
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--field-name`` option per dataclass field (default: keep the preset's value)."""
+    hints = _field_types(cls)
+    group = parser.add_argument_group(f"{cls.__name__} fields (override the preset)")
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        conv, nargs = _converter(hints[field.name])
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else None
+        if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = field.default_factory()  # type: ignore[misc]
+        group.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=conv,
+            nargs=nargs,
+            default=_MISSING,
+            metavar=field.name.upper() if nargs is None else "V",
+            help=f"{help_text} (default: {default})".strip(),
+        )
+
+
+def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields the user set on the command line."""
+    out = {}
+    for field in dataclasses.fields(cls):
+        value = getattr(args, field.name, _MISSING)
+        if value is not _MISSING:
+            out[field.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def replace(config: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that names the unknown field instead of a TypeError."""
+    names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ValueError(f"{type(config).__name__} has no field(s) {unknown}; known: {sorted(names)}")
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a config from a plain dict (YAML/JSON), coercing lists to tuples and paths."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if isinstance(value, list):
+            value = tuple(value)
+        elif value is not None and (hint is Path or Path in typing.get_args(hint)):
+            value = Path(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    data = data.get("config", data)
+    return from_dict(cls, data)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("hardood", "torch", "torchvision", "numpy", "faiss-cpu", "open_clip_torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def provenance() -> dict[str, Any]:
+    return {
+        "git_sha": git_sha(),
+        "versions": package_versions(),
+        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_config(config: Any, path: str | Path, **extra: Any) -> Path:
+    """Write the resolved config (YAML) with provenance, so a run can be repeated from its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"kind": type(config).__name__, "config": to_dict(config), "provenance": provenance()}
+    doc.update(extra)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def config_hash(config: Any) -> str:
+    """A short stable hash of a config's values (used to decide whether a step can be reused)."""
+    import hashlib
+
+    blob = json.dumps(to_dict(config), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
