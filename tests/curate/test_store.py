@@ -1,0 +1,178 @@
+"""The curation store: schema creation, migration, newer-version refusal, transactions, runs."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from curate import store
+
+V1_TABLES = {
+    "meta", "runs", "roots", "images", "image_paths", "scores", "embeddings", "dup_groups",
+    "queue", "annotators", "leases", "verdicts",
+}  # fmt: skip
+
+
+def _tables(db):
+    with store.connect(db) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {r["name"] for r in rows} - {"sqlite_sequence"}
+
+
+def test_open_store_creates_every_table_in_wal_mode(tmp_path):
+    db = store.open_store(tmp_path / "sub" / "c.db")
+    assert db.is_file() and db.is_absolute()
+    assert _tables(db) == V1_TABLES
+    assert store.schema_version(db) == store.SCHEMA_VERSION == 1
+    with store.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        names = {r["name"] for r in conn.execute("PRAGMA table_info(scores)")}
+    assert {"hardness_score", "energy_score", "clip_fg_score", "heatmap", "probs"} <= names
+    # opening again is a no-op that keeps data
+    with store.connect(db) as conn:
+        store.set_meta(conn, "note", "kept")
+    store.open_store(db)
+    with store.connect(db) as conn:
+        assert store.get_meta(conn, "note") == "kept"
+
+
+def test_connect_commits_on_success_and_rolls_back_on_error(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    with store.connect(db) as conn:
+        conn.execute("INSERT INTO annotators VALUES ('ana', ?)", (store.now_iso(),))
+    with pytest.raises(RuntimeError):
+        with store.connect(db, immediate=True) as conn:
+            conn.execute("INSERT INTO annotators VALUES ('bo', ?)", (store.now_iso(),))
+            raise RuntimeError("boom")
+    with store.connect(db) as conn:
+        names = [r["name"] for r in conn.execute("SELECT name FROM annotators")]
+    assert names == ["ana"]
+
+
+def test_foreign_keys_are_enforced(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.connect(db) as conn:
+            conn.execute(
+                "INSERT INTO image_paths(root_id, relpath, sha256) VALUES (99, 'a.jpg', 'nope')"
+            )
+
+
+def test_verdict_check_constraint(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    with pytest.raises(sqlite3.IntegrityError):
+        with store.connect(db) as conn:
+            conn.execute(
+                "INSERT INTO verdicts(sha256, annotator, verdict, created_at) "
+                "VALUES ('x', 'ana', 'maybe', 0)"
+            )
+
+
+def test_migration_runs_pending_steps_in_order_and_keeps_data(tmp_path, monkeypatch):
+    db = store.open_store(tmp_path / "c.db")
+    with store.connect(db) as conn:
+        conn.execute("INSERT INTO annotators VALUES ('ana', ?)", (store.now_iso(),))
+
+    def add_column(conn):
+        conn.execute("ALTER TABLE annotators ADD COLUMN team TEXT DEFAULT 'core'")
+
+    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, add_column])
+    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
+    store.open_store(db)
+    assert store.schema_version(db) == 2
+    with store.connect(db) as conn:
+        row = conn.execute("SELECT name, team FROM annotators").fetchone()
+    assert (row["name"], row["team"]) == ("ana", "core")
+
+
+def test_failed_migration_leaves_the_store_at_its_old_version(tmp_path, monkeypatch):
+    db = store.open_store(tmp_path / "c.db")
+
+    def broken(conn):
+        conn.execute("CREATE TABLE half_done(x INTEGER)")
+        raise sqlite3.OperationalError("disk full")
+
+    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, broken])
+    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
+    with pytest.raises(sqlite3.OperationalError):
+        store.open_store(db)
+    assert store.schema_version(db) == 1
+    assert "half_done" not in _tables(db)
+
+
+def test_newer_schema_is_refused_with_a_clear_error(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    with store.connect(db) as conn:
+        store.set_meta(conn, "schema_version", "7")
+    with pytest.raises(ValueError, match=r"c\.db.*schema version 7.*upgrade hardood"):
+        store.open_store(db)
+
+
+def test_not_a_database_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("this is a text file, not SQLite " * 100)
+    with pytest.raises(ValueError, match="notes.db.*not a usable curation database"):
+        store.open_store(bogus)
+
+
+def test_connect_to_missing_store_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.db"):
+        with store.connect(tmp_path / "missing.db"):
+            pass
+
+
+def test_classes_are_set_once_and_checked(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    with store.connect(db) as conn:
+        assert store.get_classes(conn) is None
+        store.ensure_classes(conn, ["train", "boat"])
+        store.ensure_classes(conn, ["train", "boat"])
+    with pytest.raises(ValueError, match=r"\['train', 'bird'\].*\['train', 'boat'\]"):
+        with store.connect(db) as conn:
+            store.ensure_classes(conn, ["train", "bird"], source="ck.pt")
+
+
+def test_runs_record_config_status_and_counts(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    run_id = store.start_run(db, "mine", {"batch_size": 8}, checkpoint_sha256="abc")
+    with store.connect(db) as conn:
+        row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    assert row["status"] == "running" and row["ended_at"] is None
+    assert row["checkpoint_sha256"] == "abc" and '"batch_size": 8' in row["config_json"]
+    store.finish_run(db, run_id, "done", {"scored": 3})
+    with store.connect(db) as conn:
+        row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    assert row["status"] == "done" and row["ended_at"] >= row["started_at"]
+    assert row["counts_json"] == '{"scored": 3}'
+    with pytest.raises(ValueError, match="run status"):
+        store.finish_run(db, run_id, "finished")
+
+
+def test_roots_are_absolute_and_unique(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    with store.connect(db) as conn:
+        a = store.ensure_root(conn, tmp_path / "pool")
+        b = store.ensure_root(conn, tmp_path / "pool" / ".." / "pool")
+        c = store.ensure_root(conn, tmp_path / "other")
+        paths = [r["path"] for r in conn.execute("SELECT path FROM roots ORDER BY root_id")]
+    assert a == b != c
+    assert paths == [str((tmp_path / "pool").resolve()), str((tmp_path / "other").resolve())]
+
+
+def test_blob_round_trips():
+    probs = np.array([0.1, 0.93, 0.0], dtype=np.float64)
+    blob = store.encode_probs(probs)
+    assert len(blob) == 12 and blob[:4] == np.float32(0.1).tobytes()
+    np.testing.assert_array_equal(store.decode_probs(blob), probs.astype(np.float32))
+    heat = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    np.testing.assert_array_equal(store.decode_heatmap(store.encode_heatmap(heat), 4), heat)
+    with pytest.raises(ValueError, match="square uint8"):
+        store.encode_heatmap(np.zeros((4, 3), dtype=np.uint8))
+
+
+def test_embeddings_dir_sits_beside_the_store(tmp_path):
+    assert store.embeddings_dir(tmp_path / "curation.db") == tmp_path / "curation.embeddings"
