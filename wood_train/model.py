@@ -111,8 +111,10 @@ class CamNet(nn.Module):
         logits = self.classifier(z[:, :, None, None]).flatten(1)
         return logits, z
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[0]
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """Logits (B, C); with ``with_features`` also z, so one DDP forward serves W-OoD's losses."""
+        logits, z = self.forward_features(x)
+        return (logits, z) if with_features else logits
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:
         """Raw class activation maps ReLU(W_c . F), (B, C, H/os, W/os), not normalised."""
