@@ -1,0 +1,229 @@
+"""`hardood mine`: ingest a candidate pool, score it, embed it, group duplicates, build the queue.
+
+WOOD_SPEC section 2. One ``runs`` row per call records the checkpoint hash, the resolved config,
+the tool version, start/end and the counts. Every step is resumable: files already registered are
+not re-hashed, images already scored by the same checkpoint are skipped, scoring commits per
+batch, and the queue is rebuilt in one transaction (verdicts and leases are never touched), so
+re-running the same command after a crash or a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from curate import store
+from curate.ingest import ingest_pool
+from curate.mine_config import EMBEDDERS, HARDNESS_MODES, PRESETS, MineConfig
+from curate.pool_sources import TagTable, foreground_tags, iter_pool, load_tag_map
+from curate.queue import QueueSettings, build_queue
+from curate.scoring import (
+    Scorer,
+    clip_embedder_name,
+    rescore_hardness,
+    resolve_device,
+    resolve_image_size,
+    score_pool,
+)
+from wood_train import config as cfg
+from wood_train.checkpoint import load_cam_net
+
+
+@dataclass
+class MineResult:
+    """What a mining run did: its run id, counts, the queue and the bad-image reasons."""
+
+    run_id: int
+    db: Path
+    counts: dict = field(default_factory=dict)
+    bad_reasons: dict = field(default_factory=dict)  # store-wide: reason -> images
+    queue: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def bad_reason_counts(db_path: str | Path) -> dict[str, int]:
+    """Images with ``status='bad'`` in the store, per reason."""
+    with store.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT bad_reason, COUNT(*) AS n FROM images WHERE status = 'bad' "
+            "GROUP BY bad_reason ORDER BY n DESC, bad_reason"
+        ).fetchall()
+    return {r["bad_reason"] or "unknown": r["n"] for r in rows}
+
+
+def _check(config: MineConfig) -> None:
+    if config.checkpoint is None:
+        raise ValueError("mine needs --checkpoint (the baseline classifier that scores the pool)")
+    if config.hardness not in HARDNESS_MODES:
+        raise ValueError(f"--hardness must be one of {HARDNESS_MODES}, got {config.hardness!r}")
+    if config.embedder not in EMBEDDERS:
+        raise ValueError(f"--embedder must be one of {EMBEDDERS}, got {config.embedder!r}")
+    if config.embedder == "open_clip" and config.clip_checkpoint is None:
+        raise ValueError("--embedder open_clip needs --clip-checkpoint (a local weights file)")
+    if config.clip_checkpoint is not None and not Path(config.clip_checkpoint).is_file():
+        raise FileNotFoundError(f"CLIP checkpoint not found: {config.clip_checkpoint}")
+    for source in config.pool:
+        if not Path(source).exists():
+            raise FileNotFoundError(f"pool source not found: {source}")
+    if config.queue_size < 0 or config.batch_size < 1 or config.workers < 0:
+        raise ValueError("--queue-size, --batch-size and --workers must not be negative")
+
+
+def queue_settings(config: MineConfig) -> QueueSettings:
+    names = {f.name for f in dataclasses.fields(QueueSettings)}
+    return QueueSettings(**{k: v for k, v in cfg.to_dict(config).items() if k in names})
+
+
+def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
+    """Run ingest -> score -> embed -> dedup -> queue; ``log`` gets one line per step.
+
+    Examples
+    --------
+    >>> config = PRESETS["world"]
+    >>> config = cfg.replace(config, db="curation.db", checkpoint="baseline.pt", pool=("pool",))
+    >>> result = mine(config)  # doctest: +SKIP
+    >>> result.queue.head()  # doctest: +SKIP
+    """
+    _check(config)
+    device = resolve_device(config.device)
+    model, meta = load_cam_net(config.checkpoint, device)
+    checkpoint_sha = meta["weights_sha256"]
+    class_names = list(meta["class_names"])
+    image_size = resolve_image_size(config.image_size, meta)
+    db = store.open_store(config.db)
+    with store.connect(db) as conn:
+        store.ensure_classes(conn, class_names, source=str(config.checkpoint))
+    resolved = cfg.replace(config, image_size=image_size)
+    run_id = store.start_run(db, "mine", cfg.to_dict(resolved), checkpoint_sha)
+    counts: Counter = Counter()
+    try:
+        fg_tags = foreground_tags(class_names, load_tag_map(config.tag_map))
+        tag_table = (
+            TagTable(config.tags_csv, config.path_column, config.tags_column)
+            if config.tags_csv
+            else None
+        )
+        for source in config.pool:
+            files = iter_pool(source, config.path_column, config.tags_column)
+            report = ingest_pool(db, files, fg_tags, run_id, tag_table, rehash=config.rehash)
+            counts.update({f"ingest_{k}": v for k, v in report.counts.items()})
+            log(f"{report.summary()}  [{source}]")
+            for problem in report.problems:
+                log(f"  cannot read: {problem}")
+
+        clip, clip_name = None, None
+        if config.embedder == "open_clip":
+            from curate.embeddings import OpenClipEmbedder
+
+            clip = OpenClipEmbedder(config.clip_model, config.clip_checkpoint, device)
+            clip_name = clip_embedder_name(config.clip_model, config.clip_checkpoint)
+        scorer = Scorer(model, checkpoint_sha, class_names, image_size, device, clip, clip_name)
+        report = score_pool(db, scorer, run_id, config.hardness, config.heatmap_size,
+                            config.batch_size, config.workers, config.amp)  # fmt: skip
+        counts.update({f"score_{k.replace(':', '_')}": v for k, v in report.counts.items()})
+        log(report.summary())
+        for problem in report.problems:
+            log(f"  {problem}")
+        rescore_hardness(db, checkpoint_sha, config.hardness, len(class_names))
+
+        if clip is None:
+            embedder, dim = scorer.classifier_embedder, model.feature_dim
+        else:
+            embedder, dim = clip_name, _clip_dim(db, clip_name, clip)
+        queue = build_queue(db, checkpoint_sha, embedder, dim, run_id, queue_settings(config))
+        counts["queue"] = len(queue)
+        groups = _group_stats(db)
+        counts.update(groups)
+        log(
+            f"dedup: {groups['dup_groups']} near-duplicate groups covering "
+            f"{groups['dup_members']} images (threshold {config.dup_threshold})"
+        )
+        log(f"queue: {len(queue)} images ranked ({_class_mix(queue)})")
+        bad = bad_reason_counts(db)
+        log("bad images: " + (", ".join(f"{k} {v}" for k, v in bad.items()) or "none"))
+    except KeyboardInterrupt:
+        store.finish_run(db, run_id, "interrupted", dict(counts))
+        raise
+    except BaseException:
+        store.finish_run(db, run_id, "failed", dict(counts))
+        raise
+    store.finish_run(db, run_id, "done", dict(counts))
+    return MineResult(run_id, db, dict(counts), bad, queue)
+
+
+def _clip_dim(db: Path, name: str, clip) -> int:
+    for attribute in ("dim", "embedding_dim", "output_dim"):
+        if isinstance(getattr(clip, attribute, None), int):
+            return getattr(clip, attribute)
+    raise ValueError(f"cannot tell the embedding size of {name}")
+
+
+def _group_stats(db: Path) -> Counter:
+    with store.connect(db) as conn:
+        row = conn.execute(
+            "SELECT COUNT(DISTINCT representative) AS groups, COUNT(*) AS members "
+            "FROM dup_groups WHERE group_size > 1"
+        ).fetchone()
+    return Counter(dup_groups=row["groups"], dup_members=row["members"])
+
+
+def _class_mix(queue: pd.DataFrame) -> str:
+    if queue.empty:
+        return "empty"
+    mix = queue["class_name"].value_counts()
+    return ", ".join(f"{name} {n}" for name, n in mix.items())
+
+
+# ---- `hardood mine` ---------------------------------------------------------------------------
+
+_FLAGS = ("rehash", "amp", "expand_from_verdicts")
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "mine",
+        help="score a candidate pool and build the hard-OoD review queue",
+        description="Ingest a pool (folder, list or CSV), score it with the baseline classifier, "
+        "group near duplicates and build the review queue. Re-run to resume or to add images.",
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="named settings to start from (default: default)")  # fmt: skip
+    cfg.add_config_args(parser, MineConfig, skip=_FLAGS)
+    for name in _FLAGS:
+        field_ = next(f for f in dataclasses.fields(MineConfig) if f.name == name)
+        parser.add_argument("--" + name.replace("_", "-"), dest=name,
+                            action=argparse.BooleanOptionalAction, default=None,
+                            help=field_.metadata["help"])  # fmt: skip
+    parser.set_defaults(func=run_from_args)
+
+
+def config_from_args(args: argparse.Namespace) -> MineConfig:
+    overrides = {
+        k: v for k, v in cfg.overrides_from_args(args, MineConfig).items() if k not in _FLAGS
+    }
+    overrides.update({n: getattr(args, n) for n in _FLAGS if getattr(args, n, None) is not None})
+    return cfg.replace(PRESETS[args.preset], **overrides)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    result = mine(config_from_args(args))
+    print(f"mine: run {result.run_id} done; `hardood queue --db {result.db}` shows the queue")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m curate.mine ...``: the same as ``hardood mine ...``."""
+    parser = argparse.ArgumentParser(prog="hardood")
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["mine", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The mining config (``hardood mine``) and its named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HARDNESS_MODES = ("probability", "energy")
+EMBEDDERS = ("classifier", "open_clip")
+
+
+def _f(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """Everything one mining run needs: ingest -> score -> embed -> dedup -> queue.
+
+    Presets: ``world`` (64 px images, CPU) and ``voc12`` (OpenImages-scale pool, 448 px, VOC tags).
+    """
+
+    # inputs
+    db: Path = _f(Path("curation.db"), "the curation store (SQLite); created on first use")
+    checkpoint: Path | None = _f(None, "baseline classifier checkpoint that scores the pool")
+    pool: tuple[str, ...] = _f((), "pool sources: folders, .txt lists of paths, or .csv with paths")
+    tags_csv: Path | None = _f(
+        None, "CSV of image-level tags (path or ImageID column, tags column)"
+    )
+    tag_map: Path | None = _f(None, "class,tag CSV; none = the shipped VOC -> OpenImages map")
+    path_column: str | None = _f(None, "path column of a pool/tags CSV; none = auto-detect")
+    tags_column: str | None = _f(None, "tags column of a pool/tags CSV; none = auto-detect")
+    rehash: bool = _f(False, "re-hash files already registered with the same size")
+    # scoring (WOOD_SPEC section 2)
+    image_size: int | None = _f(None, "scoring size; none = checkpoint's crop, else 448 VOC / 64")
+    hardness: str = _f("probability", "probability (top-class sigmoid) | energy (see scoring.py)")
+    heatmap_size: int = _f(32, "side of the stored top-class CAM heatmap")
+    batch_size: int = _f(64, "images per forward pass")
+    workers: int = _f(1, "DataLoader worker processes that read and decode")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = _f(True, "bf16/fp16 autocast on CUDA")
+    embedder: str = _f("classifier", "classifier (L2-normalised GAP feature) | open_clip")
+    clip_model: str = _f("ViT-B-32", "open_clip model name (with --embedder open_clip)")
+    clip_checkpoint: Path | None = _f(None, "local open_clip weights file (never downloaded)")
+    clip_fg_weight: float = _f(0.0, "ranking penalty per unit of clip_fg_score (0 = off)")
+    # queue (curate.queue)
+    queue_size: int = _f(1000, "images in the review queue")
+    min_hardness: float = _f(0.5, "candidates below this hardness_score stay out of the queue")
+    dup_threshold: float = _f(0.97, "cosine similarity at which two images are near duplicates")
+    clusters_per_class: int = _f(20, "K-means clusters within each top class (diversity)")
+    diversity_weight: float = _f(0.02, "ranking penalty per earlier pick from the same cluster")
+    max_class_share: float = _f(0.5, "at most this fraction of the queue per top class (quota)")
+    expand_from_verdicts: bool = _f(False, "also queue nearest neighbours of confirmed hard OoDs")
+    expand_k: int = _f(5, "neighbours per confirmed hard OoD with --expand-from-verdicts")
+    seed: int = _f(0, "seed of the K-means clustering")
+
+
+PRESETS: dict[str, MineConfig] = {
+    "default": MineConfig(),
+    "world": MineConfig(image_size=64, batch_size=64, workers=1, clusters_per_class=8),
+    "voc12": MineConfig(image_size=448, batch_size=32, workers=4, queue_size=5000),
+}

@@ -1,0 +1,112 @@
+"""Order queue candidates: hardness first, then diversity within a class and per-class quotas.
+
+Pure functions over a DataFrame of candidates (one row per near-duplicate group representative),
+so the rule can be read and tested without a store:
+
+1. ``rank_key = hardness_score - diversity_weight * cluster_rank - clip_fg_weight * clip_fg_score``
+   where ``cluster_rank`` is 0 for the hardest image of its K-means cluster, 1 for the second, and
+   so on. A small ``diversity_weight`` interleaves clusters round-robin among images of similar
+   hardness, so one scene type cannot flood the top of the queue, while a clearly harder image
+   still comes first. ``clip_fg_weight`` pushes down images CLIP thinks show a foreground class.
+2. Walk the candidates by ``rank_key``; a top class that already holds
+   ``ceil(max_class_share * queue_size)`` places is over its quota, and its further candidates
+   wait until every other class has had its turn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def renumber_clusters(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per top class, number clusters 1..K by their hardest member; add ``cluster_rank``/``n_clusters``."""
+    frame = frame.copy()
+    best = frame.groupby(["top_class", "cluster"])["hardness_score"].transform("max")
+    order = frame.assign(_best=best).sort_values(
+        ["top_class", "_best", "cluster"], ascending=[True, False, True]
+    )
+    numbering = {}
+    for top_class, group in order.groupby("top_class", sort=False):
+        for number, cluster in enumerate(dict.fromkeys(group["cluster"]), start=1):
+            numbering[(top_class, cluster)] = number
+    frame["cluster"] = [numbering[k] for k in zip(frame["top_class"], frame["cluster"])]
+    frame["n_clusters"] = frame.groupby("top_class")["cluster"].transform("max")
+    frame["cluster_rank"] = (
+        frame.sort_values(["hardness_score", "sha256"], ascending=[False, True])
+        .groupby(["top_class", "cluster"])
+        .cumcount()
+    )
+    return frame
+
+
+def order_candidates(
+    frame: pd.DataFrame,
+    queue_size: int,
+    diversity_weight: float = 0.02,
+    max_class_share: float = 0.5,
+    clip_fg_weight: float = 0.0,
+) -> pd.DataFrame:
+    """Order and cut candidates into the queue; adds ``rank`` (1-based), ``rank_key``, ``over_quota``.
+
+    Parameters
+    ----------
+    frame
+        Columns ``sha256``, ``top_class``, ``hardness_score``, ``cluster`` (any ids, per class),
+        optionally ``clip_fg_score``.
+    queue_size
+        Places in the queue; the rest are dropped.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"sha256": list("abc"), "top_class": [0, 0, 1],
+    ...                       "hardness_score": [0.9, 0.8, 0.7], "cluster": [0, 0, 0]})
+    >>> order_candidates(frame, queue_size=2, max_class_share=0.5)["sha256"].tolist()
+    ['a', 'c']
+    """
+    if frame.empty:
+        return frame.assign(rank=[], rank_key=[], over_quota=[], n_clusters=[], cluster_rank=[])
+    frame = renumber_clusters(frame)
+    key = frame["hardness_score"] - diversity_weight * frame["cluster_rank"]
+    if clip_fg_weight and "clip_fg_score" in frame:
+        key = key - clip_fg_weight * frame["clip_fg_score"].fillna(0.0)
+    frame["rank_key"] = key
+    frame = frame.sort_values(["rank_key", "sha256"], ascending=[False, True])
+    quota = max(1, math.ceil(max_class_share * queue_size))
+    taken: dict[int, int] = {}
+    first, deferred = [], []
+    for index, top_class in zip(frame.index, frame["top_class"]):
+        if taken.get(top_class, 0) < quota:
+            taken[top_class] = taken.get(top_class, 0) + 1
+            first.append(index)
+        else:
+            deferred.append(index)
+    ordered = frame.loc[first + deferred].head(queue_size).copy()
+    ordered["over_quota"] = np.isin(ordered.index, deferred)
+    ordered["rank"] = np.arange(1, len(ordered) + 1)
+    return ordered.reset_index(drop=True)
+
+
+def reason_text(
+    class_name: str,
+    hardness_score: float,
+    cluster: int | None = None,
+    n_clusters: int | None = None,
+    group_size: int = 1,
+    clip_fg_score: float | None = None,
+    over_quota: bool = False,
+) -> str:
+    """``"train 0.93 · cluster 4/20 · 3 near-duplicates"``: why an image is where it is."""
+    parts = [f"{class_name} {hardness_score:.2f}"]
+    if cluster is not None and n_clusters:
+        parts.append(f"cluster {cluster}/{n_clusters}")
+    if group_size > 1:
+        others = group_size - 1
+        parts.append(f"{others} near-duplicate{'s' if others > 1 else ''}")
+    if clip_fg_score is not None and not pd.isna(clip_fg_score):
+        parts.append(f"CLIP foreground {clip_fg_score:.2f}")
+    if over_quota:
+        parts.append(f"after other classes ({class_name} quota full)")
+    return " · ".join(parts)
