@@ -1,0 +1,67 @@
+"""Inter-annotator agreement: Cohen's kappa for two annotators, Fleiss' kappa for more.
+
+Both are chance-corrected agreement, kappa = (P_o - P_e) / (1 - P_e): 1 is perfect agreement, 0 is
+what independent annotators with the same label frequencies would reach by chance. When every
+rating falls in one category, P_e = 1 and kappa is undefined (NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def cohen_kappa(first: Sequence[str], second: Sequence[str]) -> float:
+    """Cohen's kappa of two annotators' labels for the same items (Cohen 1960).
+
+    P_o is the fraction of items both labelled the same; P_e = sum_c p1(c) * p2(c) with p1, p2
+    each annotator's label frequencies.
+
+    Example
+    -------
+    >>> round(cohen_kappa(list("yyyn"), list("yynn")), 3)
+    0.5
+    """
+    if len(first) != len(second):
+        raise ValueError(f"cohen_kappa needs paired labels, got {len(first)} and {len(second)}")
+    n = len(first)
+    if n == 0:
+        return math.nan
+    labels = sorted(set(first) | set(second))
+    index = {label: i for i, label in enumerate(labels)}
+    table = np.zeros((len(labels), len(labels)))
+    for a, b in zip(first, second):
+        table[index[a], index[b]] += 1
+    observed = np.trace(table) / n
+    expected = float(table.sum(axis=1) @ table.sum(axis=0)) / n**2
+    if math.isclose(expected, 1.0):
+        return math.nan
+    return float((observed - expected) / (1.0 - expected))
+
+
+def fleiss_kappa(counts: np.ndarray) -> float:
+    """Fleiss' kappa from an items x categories matrix of rating counts (Fleiss 1971).
+
+    ``counts[i, j]`` is how many annotators put item i in category j. Items may have different
+    numbers of ratings (each needs at least two): P_i = (sum_j n_ij^2 - n_i) / (n_i (n_i - 1)),
+    P_o = mean_i P_i, p_j = sum_i n_ij / sum_i n_i, P_e = sum_j p_j^2.
+    """
+    counts = np.asarray(counts, dtype=float)
+    if counts.ndim != 2:
+        raise ValueError(
+            f"fleiss_kappa needs an items x categories matrix, got shape {counts.shape}"
+        )
+    per_item = counts.sum(axis=1)
+    if counts.shape[0] == 0:
+        return math.nan
+    if (per_item < 2).any():
+        raise ValueError("fleiss_kappa needs at least two ratings per item")
+    agreement = ((counts**2).sum(axis=1) - per_item) / (per_item * (per_item - 1))
+    observed = float(agreement.mean())
+    shares = counts.sum(axis=0) / per_item.sum()
+    expected = float((shares**2).sum())
+    if math.isclose(expected, 1.0):
+        return math.nan
+    return (observed - expected) / (1.0 - expected)
