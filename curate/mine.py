@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from curate import store
@@ -26,7 +27,6 @@ from curate.pool_sources import TagTable, foreground_tags, iter_pool, load_tag_m
 from curate.queue import QueueSettings, build_queue
 from curate.scoring import (
     Scorer,
-    clip_embedder_name,
     rescore_hardness,
     resolve_device,
     resolve_image_size,
@@ -122,7 +122,7 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
             from curate.embeddings import OpenClipEmbedder
 
             clip = OpenClipEmbedder(config.clip_model, config.clip_checkpoint, device)
-            clip_name = clip_embedder_name(config.clip_model, config.clip_checkpoint)
+            clip_name = clip.name
         scorer = Scorer(model, checkpoint_sha, class_names, image_size, device, clip, clip_name)
         report = score_pool(db, scorer, run_id, config.hardness, config.heatmap_size,
                             config.batch_size, config.workers, config.amp)  # fmt: skip
@@ -135,7 +135,7 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
         if clip is None:
             embedder, dim = scorer.classifier_embedder, model.feature_dim
         else:
-            embedder, dim = clip_name, _clip_dim(db, clip_name, clip)
+            embedder, dim = clip_name, _clip_dim(clip)
         queue = build_queue(db, checkpoint_sha, embedder, dim, run_id, queue_settings(config))
         counts["queue"] = len(queue)
         groups = _group_stats(db)
@@ -157,11 +157,11 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
     return MineResult(run_id, db, dict(counts), bad, queue)
 
 
-def _clip_dim(db: Path, name: str, clip) -> int:
-    for attribute in ("dim", "embedding_dim", "output_dim"):
-        if isinstance(getattr(clip, attribute, None), int):
-            return getattr(clip, attribute)
-    raise ValueError(f"cannot tell the embedding size of {name}")
+def _clip_dim(clip) -> int:
+    visual = getattr(getattr(clip, "model", None), "visual", None)
+    if isinstance(getattr(visual, "output_dim", None), int):
+        return visual.output_dim
+    return int(clip.embed([np.zeros((32, 32, 3), np.uint8)]).shape[1])
 
 
 def _group_stats(db: Path) -> Counter:

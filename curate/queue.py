@@ -121,7 +121,8 @@ def build_queue(
     ]
     expanded = pd.DataFrame()
     if settings.expand_from_verdicts:
-        expanded = _expansion(db_path, candidates, vectors, open_reps, reviewed, settings)
+        expanded = _expansion(db_path, embedder, settings.expand_k, open_reps)
+        expanded = expanded.head(settings.queue_size)
     eligible = open_reps[open_reps["hardness_score"] >= settings.min_hardness]
     eligible = eligible[~eligible["sha256"].isin(expanded.get("sha256", []))]
     if len(eligible):
@@ -131,6 +132,7 @@ def build_queue(
             eligible["top_class"].to_numpy(),
             settings.clusters_per_class,
             settings.seed,
+            keys=list(eligible["sha256"]),
         )
         eligible = eligible.assign(cluster=np.asarray(clusters))
     else:
@@ -206,24 +208,21 @@ def _class_name(class_names: list[str], index: int) -> str:
     return class_names[index] if 0 <= index < len(class_names) else f"class {index}"
 
 
-def _expansion(db_path, candidates, vectors, open_reps, reviewed, settings) -> pd.DataFrame:
-    """Nearest open representatives of images confirmed as hard OoD (verdict no_foreground)."""
-    confirmed = [sha for sha, verdict in reviewed.items() if verdict == "no_foreground"]
-    confirmed = candidates[candidates["sha256"].isin(confirmed)]
-    if confirmed.empty or open_reps.empty:
+def _expansion(db_path, embedder: str, k: int, open_reps: pd.DataFrame) -> pd.DataFrame:
+    """Open representatives among the nearest unseen neighbours of confirmed hard OoDs.
+
+    ``curate.similar.expand_from_verdicts`` runs before the queue is replaced, so "unseen" means
+    not reviewed and not in the previous queue.
+    """
+    from curate.similar import expand_from_verdicts
+
+    found = expand_from_verdicts(db_path, k=k, embedder=embedder)
+    if found.empty:
         return pd.DataFrame()
-    queries = vectors[candidates.index.get_indexer(confirmed.index)]
-    pool = vectors[candidates.index.get_indexer(open_reps.index)]
-    k = min(settings.expand_k, len(open_reps))
-    similarity = queries @ pool.T
-    best: dict[int, tuple[float, str]] = {}
-    for row, source in zip(similarity, confirmed["sha256"]):
-        for column in np.argsort(-row, kind="stable")[:k]:
-            if column not in best or row[column] > best[column][0]:
-                best[column] = (float(row[column]), source)
-    picked = open_reps.iloc[list(best)].copy()
-    picked["similarity"] = [best[c][0] for c in best]
-    picked["expanded_from"] = [best[c][1] for c in best]
+    found = found[["sha256", "similarity", "seed_sha256"]].rename(
+        columns={"seed_sha256": "expanded_from"}
+    )
+    picked = open_reps.merge(found, on="sha256")
     return picked.sort_values(["similarity", "sha256"], ascending=[False, True])
 
 

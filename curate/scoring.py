@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +71,6 @@ def resolve_image_size(requested: int | None, checkpoint_meta: dict[str, Any]) -
 def classifier_embedder_name(checkpoint_sha256: str) -> str:
     """Embeddings of the classifier depend on its weights, so the name carries the hash."""
     return f"classifier-{checkpoint_sha256[:12]}"
-
-
-def clip_embedder_name(model_name: str, checkpoint: str | Path) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_name}-{Path(checkpoint).stem}")
-    return f"open_clip-{safe}"
 
 
 # ---- the forward ---------------------------------------------------------------------------
