@@ -1,0 +1,286 @@
+"""Embedding vectors on disk and the faiss index that searches them.
+
+Vectors of one embedder live in an append-only float32 file beside the store,
+``<db stem>.embeddings/<embedder>.f32`` (row-major, ``dim`` floats a row), with ``<embedder>.json``
+recording ``dim``. The ``embeddings`` table maps each image's sha256 to its row. Rows are written
+and flushed to the file before the table rows that point at them are inserted, so an interrupted
+run can leave unreferenced rows at the end of the file, never table rows pointing past it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import re
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from curate import store
+from wood_train.progress import progress
+
+# Exact search (IndexFlat) up to this many vectors; an IVF index beyond.
+EXACT_SEARCH_LIMIT = 1_000_000
+# IVF: nlist = IVF_LISTS_PER_SQRT_N * sqrt(N) (faiss's guideline is 4..16 * sqrt(N)); k-means is
+# trained on IVF_TRAIN_POINTS_PER_LIST points per list (faiss warns below 39).
+IVF_LISTS_PER_SQRT_N = 4
+IVF_TRAIN_POINTS_PER_LIST = 39
+IVF_NPROBE = 32
+ADD_CHUNK = 65_536
+_EMBEDDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SQL_CHUNK = 500  # stay below SQLite's bound-parameter limit
+
+
+class EmbeddingFile:
+    """The append-only vector file of one embedder, indexed through the store's ``embeddings`` table.
+
+    Parameters
+    ----------
+    db_path
+        The curation store; the file lives in ``<db stem>.embeddings/`` beside it.
+    embedder
+        Name of the embedder (``"classifier"``, ``"clip"``, ...); also the file name.
+    dim
+        Vector dimension; must match the dimension recorded when the file was created.
+
+    Examples
+    --------
+    >>> vectors = EmbeddingFile("pool.db", "classifier", dim=2048)
+    >>> with store.connect("pool.db") as conn:
+    ...     vectors.append(sha256s, z, conn)  # table rows commit with the caller's transaction
+    """
+
+    def __init__(self, db_path: str | Path, embedder: str, dim: int):
+        if not _EMBEDDER_NAME.match(embedder):
+            raise ValueError(
+                f"embedder name {embedder!r} must be letters, digits, '_', '-' or '.' "
+                "(it names a file)"
+            )
+        if int(dim) < 1:
+            raise ValueError(f"embedding dimension must be positive, got {dim}")
+        self.db_path = Path(db_path)
+        self.embedder = embedder
+        self.dim = int(dim)
+        folder = store.embeddings_dir(self.db_path)
+        self.path = folder / f"{embedder}.f32"
+        self.meta_path = folder / f"{embedder}.json"
+        if self.meta_path.is_file():
+            recorded = int(json.loads(self.meta_path.read_text())["dim"])
+            if recorded != self.dim:
+                raise ValueError(
+                    f"{self.meta_path}: embeddings of {embedder!r} have dimension {recorded}, "
+                    f"not {self.dim}; use another embedder name for the new model"
+                )
+
+    @classmethod
+    def open(cls, db_path: str | Path, embedder: str) -> EmbeddingFile:
+        """An existing embedder's file, its dimension read from the sidecar."""
+        meta_path = store.embeddings_dir(db_path) / f"{embedder}.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"no {embedder!r} embeddings beside {db_path} ({meta_path} is missing); "
+                "run `hardood mine` first"
+            )
+        return cls(db_path, embedder, int(json.loads(meta_path.read_text())["dim"]))
+
+    @property
+    def row_bytes(self) -> int:
+        return 4 * self.dim
+
+    @property
+    def n_rows(self) -> int:
+        """Complete rows in the file (a partly written last row does not count)."""
+        return self.path.stat().st_size // self.row_bytes if self.path.is_file() else 0
+
+    def append(
+        self, sha256_list: Sequence[str], vectors: np.ndarray, conn: sqlite3.Connection
+    ) -> int:
+        """Append the vectors of images not yet in the file; returns how many were new.
+
+        The vectors are flushed to disk first, then their rows are inserted through ``conn``
+        (committed with the caller's transaction). A sha256 already recorded is skipped.
+        """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        keys = list(sha256_list)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(
+                f"{self.embedder}: expected vectors of shape (N, {self.dim}), got {vectors.shape}"
+            )
+        if len(keys) != len(vectors):
+            raise ValueError(f"{self.embedder}: {len(keys)} sha256 keys for {len(vectors)} vectors")
+        known = set(self._rows_of(keys, conn))
+        fresh: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in known and key not in fresh:
+                fresh[key] = i
+        if not fresh:
+            return 0
+        first_row = self._write_rows(vectors[list(fresh.values())])
+        conn.executemany(
+            "INSERT OR IGNORE INTO embeddings(sha256, embedder, row) VALUES (?, ?, ?)",
+            [(key, self.embedder, first_row + j) for j, key in enumerate(fresh)],
+        )
+        return len(fresh)
+
+    def _write_rows(self, block: np.ndarray) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.meta_path.is_file():
+            tmp = self.meta_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"dim": self.dim, "dtype": "float32", "order": "C"}))
+            tmp.replace(self.meta_path)
+        with open(self.path, "ab") as f:
+            # one writer at a time; the lock also dies with a killed process
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                size = os.fstat(f.fileno()).st_size
+                if size % self.row_bytes:  # a row half-written by an interrupted run
+                    size -= size % self.row_bytes
+                    os.ftruncate(f.fileno(), size)
+                f.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return size // self.row_bytes
+
+    def _rows_of(self, keys: Sequence[str], conn: sqlite3.Connection) -> dict[str, int]:
+        rows: dict[str, int] = {}
+        for start in range(0, len(keys), _SQL_CHUNK):
+            chunk = list(keys[start : start + _SQL_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            for r in conn.execute(
+                f"SELECT sha256, row FROM embeddings WHERE embedder = ? AND sha256 IN ({marks})",
+                [self.embedder, *chunk],
+            ):
+                rows[r["sha256"]] = int(r["row"])
+        return rows
+
+    def _memmap(self) -> np.ndarray:
+        n = self.n_rows
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.memmap(self.path, dtype="<f4", mode="r", shape=(n, self.dim))
+
+    def _check_rows(self, rows: np.ndarray, n_file: int) -> None:
+        if len(rows) and int(rows.max()) >= n_file:
+            raise ValueError(
+                f"{self.path}: the store points at row {int(rows.max())} but the file holds "
+                f"{n_file} rows; the file was replaced or truncated (delete its '{self.embedder}' "
+                "rows from the embeddings table and re-run `hardood mine`)"
+            )
+
+    def load(
+        self, sha256_list: Sequence[str], conn: sqlite3.Connection | None = None
+    ) -> np.ndarray:
+        """The (N, dim) vectors of the given images, in that order (a copy)."""
+        keys = list(sha256_list)
+        if conn is None:
+            with store.connect(self.db_path) as own:
+                rows_of = self._rows_of(keys, own)
+        else:
+            rows_of = self._rows_of(keys, conn)
+        missing = [k for k in keys if k not in rows_of]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} image(s) have no {self.embedder!r} embedding in {self.db_path} "
+                f"(first: {missing[0]}); run `hardood mine` on them first"
+            )
+        rows = np.array([rows_of[k] for k in keys], dtype=np.int64)
+        data = self._memmap()
+        self._check_rows(rows, len(data))
+        return np.array(data[rows], dtype=np.float32) if len(rows) else data[:0].copy()
+
+    def load_all(self, conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
+        """Every recorded image and its vector, in file order.
+
+        The vectors are the memory-mapped file itself when the table covers a prefix of the file
+        (the usual case), so a million vectors cost no RAM until they are read.
+        """
+        found = conn.execute(
+            "SELECT sha256, row FROM embeddings WHERE embedder = ? ORDER BY row", (self.embedder,)
+        ).fetchall()
+        keys = [r["sha256"] for r in found]
+        rows = np.fromiter((r["row"] for r in found), dtype=np.int64, count=len(found))
+        data = self._memmap()
+        self._check_rows(rows, len(data))
+        if np.array_equal(rows, np.arange(len(rows))):
+            return keys, data[: len(rows)]
+        return keys, np.array(data[rows], dtype=np.float32)
+
+
+def gpu_available() -> bool:
+    """Whether this faiss build has GPU support and sees a CUDA device."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def ivf_list_count(n: int) -> int:
+    """Number of IVF lists for ``n`` vectors: ``IVF_LISTS_PER_SQRT_N * sqrt(n)``."""
+    return max(1, int(IVF_LISTS_PER_SQRT_N * math.sqrt(n)))
+
+
+def training_sample(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of a deterministic sample of ``min(size, n)`` rows."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def build_index(
+    vectors: np.ndarray,
+    metric: str = "ip",
+    use_gpu: bool | str = "auto",
+    exact_limit: int = EXACT_SEARCH_LIMIT,
+    nprobe: int = IVF_NPROBE,
+) -> faiss.Index:
+    """A faiss index holding ``vectors``: exact up to ``exact_limit`` rows, IVF beyond.
+
+    Parameters
+    ----------
+    vectors
+        (N, D) float32 (a memory map is fine; it is added in chunks).
+    metric
+        ``"ip"`` (inner product; cosine on L2-normalised vectors) or ``"l2"``.
+    use_gpu
+        ``"auto"``: a GPU index when faiss has GPU support and a device is present; ``True``
+        requires one; ``False`` stays on the CPU.
+    exact_limit
+        Largest N searched exactly (``IndexFlat``). Beyond it ``IndexIVFFlat`` with
+        ``ivf_list_count(N)`` lists, trained on a deterministic sample, searching ``nprobe`` lists.
+
+    Returns
+    -------
+    faiss.Index
+        Search with ``index.search(queries, k) -> (similarities, row indices)``.
+    """
+    if metric not in ("ip", "l2"):
+        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
+    if use_gpu not in ("auto", True, False):
+        raise ValueError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
+    if use_gpu is True and not gpu_available():
+        raise ValueError("use_gpu=True, but this faiss has no GPU support or sees no CUDA device")
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D array, got shape {vectors.shape}")
+    n, dim = vectors.shape
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    if n <= exact_limit:
+        index = faiss.IndexFlat(dim, faiss_metric)
+    else:
+        nlist = ivf_list_count(n)
+        quantizer = faiss.IndexFlat(dim, faiss_metric)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss_metric)
+        index.referenced_objects = [quantizer]  # keep the quantizer alive with the index
+        sample = training_sample(n, nlist * IVF_TRAIN_POINTS_PER_LIST)
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        index.nprobe = min(nprobe, nlist)
+    for start in progress(range(0, n, ADD_CHUNK), desc="indexing", unit="chunk"):
+        index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32))
+    if use_gpu is True or (use_gpu == "auto" and gpu_available()):
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+        index.referenced_objects = [resources]
+    return index

@@ -1,0 +1,164 @@
+import faiss
+import numpy as np
+import pytest
+
+from curate import store
+from curate.embeddings import l2_normalize
+from curate.vector_index import (
+    EmbeddingFile,
+    build_index,
+    gpu_available,
+    ivf_list_count,
+)
+
+
+def _unit(n, dim, seed=0):
+    return l2_normalize(np.random.default_rng(seed).standard_normal((n, dim)))
+
+
+@pytest.fixture
+def db(tmp_path):
+    return store.open_store(tmp_path / "pool.db")
+
+
+def _shas(*names):
+    return [name * (64 // len(name)) for name in names]
+
+
+# ---- build_index -----------------------------------------------------------------------------
+
+
+def test_flat_index_finds_planted_neighbour():
+    vectors = _unit(500, 16)
+    query = l2_normalize(vectors[123] + 0.05 * _unit(1, 16, seed=1)[0])[None]
+    index = build_index(vectors, use_gpu=False)
+    assert isinstance(index, faiss.IndexFlat) and index.ntotal == 500
+    sims, rows = index.search(query, 3)
+    assert rows[0, 0] == 123
+    assert sims[0, 0] == pytest.approx(float(query[0] @ vectors[123]), abs=1e-5)
+
+
+def test_l2_metric_ranks_by_distance():
+    vectors = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 1.0]], np.float32)
+    index = build_index(vectors, metric="l2", use_gpu=False)
+    dist, rows = index.search(np.array([[0.9, 0.9]], np.float32), 3)
+    assert rows[0].tolist() == [2, 0, 1]
+    assert dist[0, 0] == pytest.approx(0.02, abs=1e-5)  # squared distance
+
+
+def test_ivf_index_beyond_exact_limit_is_deterministic_and_finds_neighbours():
+    # enough rows that each IVF list gets its 39 training points (no faiss warning)
+    vectors = _unit(25_000, 16)
+    planted = [5, 7_777, 24_000]
+    queries = l2_normalize(vectors[planted] + 0.02 * _unit(3, 16, seed=2))
+    first = build_index(vectors, exact_limit=1_000, use_gpu=False, nprobe=8)
+    assert isinstance(first, faiss.IndexIVFFlat)
+    assert first.nlist == ivf_list_count(25_000) == 632
+    assert first.nprobe == 8 and first.ntotal == 25_000
+    rows = first.search(queries, 1)[1][:, 0]
+    assert rows.tolist() == planted
+    second = build_index(vectors, exact_limit=1_000, use_gpu=False, nprobe=8)
+    assert np.array_equal(second.search(vectors[:50], 5)[1], first.search(vectors[:50], 5)[1])
+
+
+def test_build_index_rejects_bad_arguments():
+    vectors = _unit(10, 4)
+    with pytest.raises(ValueError, match="metric"):
+        build_index(vectors, metric="cosine")
+    with pytest.raises(ValueError, match="2-D"):
+        build_index(vectors[0])
+    if not gpu_available():
+        with pytest.raises(ValueError, match="GPU"):
+            build_index(vectors, use_gpu=True)
+
+
+# ---- EmbeddingFile ---------------------------------------------------------------------------
+
+
+def test_append_then_load_in_any_order(db):
+    keys = _shas("a", "b", "c")
+    vectors = _unit(3, 8)
+    file = EmbeddingFile(db, "classifier-abc", dim=8)
+    with store.connect(db) as conn:
+        assert file.append(keys, vectors, conn) == 3
+    assert file.path == db.parent / "pool.embeddings" / "classifier-abc.f32"
+    assert file.path.stat().st_size == 3 * 8 * 4
+    np.testing.assert_array_equal(file.load([keys[2], keys[0]]), vectors[[2, 0]])
+    with store.connect(db) as conn:
+        rows = dict(conn.execute("SELECT sha256, row FROM embeddings").fetchall())
+    assert rows == {keys[0]: 0, keys[1]: 1, keys[2]: 2}
+
+
+def test_reappending_known_images_is_a_no_op(db):
+    keys = _shas("a", "b")
+    file = EmbeddingFile(db, "clip", dim=4)
+    vectors = _unit(2, 4)
+    with store.connect(db) as conn:
+        file.append(keys, vectors, conn)
+    new_key = _shas("d")[0]
+    with store.connect(db) as conn:
+        # a known key with other values, a new key twice: only the first copy of the new one lands
+        added = file.append(
+            [keys[1], new_key, new_key], np.stack([vectors[0], vectors[1], vectors[0]]), conn
+        )
+    assert added == 1 and file.n_rows == 3
+    np.testing.assert_array_equal(file.load(keys + [new_key]), vectors[[0, 1, 1]])
+
+
+def test_load_all_is_a_memory_map_in_row_order(db):
+    keys = _shas("e", "f", "a")
+    vectors = _unit(3, 6)
+    file = EmbeddingFile(db, "clip", dim=6)
+    with store.connect(db) as conn:
+        file.append(keys, vectors, conn)
+        got_keys, got = file.load_all(conn)
+    assert got_keys == keys
+    assert isinstance(got, np.memmap)
+    np.testing.assert_array_equal(np.asarray(got), vectors)
+
+
+def test_failed_transaction_leaves_no_rows_pointing_into_the_file(db):
+    file = EmbeddingFile(db, "clip", dim=4)
+    lost, kept = _unit(2, 4, seed=3), _unit(2, 4, seed=4)
+    with pytest.raises(RuntimeError):
+        with store.connect(db) as conn:
+            file.append(_shas("a", "b"), lost, conn)
+            raise RuntimeError("killed after writing the vectors")
+    with store.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 0
+    with open(file.path, "ab") as f:
+        f.write(b"\x00\x01\x02")  # and a row half-written when the process died
+    with store.connect(db) as conn:
+        assert file.append(_shas("a", "b"), kept, conn) == 2
+        keys, got = file.load_all(conn)
+    assert file.path.stat().st_size == 4 * 4 * 4  # two orphan rows, then the two recorded ones
+    np.testing.assert_array_equal(np.asarray(got), kept)
+    np.testing.assert_array_equal(file.load(_shas("b")), kept[1:])
+
+
+def test_dimension_is_recorded_and_checked(db):
+    file = EmbeddingFile(db, "clip", dim=4)
+    with store.connect(db) as conn:
+        file.append(_shas("a"), _unit(1, 4), conn)
+    assert EmbeddingFile.open(db, "clip").dim == 4
+    with pytest.raises(ValueError, match=r"clip\.json.*dimension 4, not 8"):
+        EmbeddingFile(db, "clip", dim=8)
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        with store.connect(db) as conn:
+            file.append(_shas("b"), _unit(1, 5), conn)
+    with pytest.raises(FileNotFoundError, match="hardood mine"):
+        EmbeddingFile.open(db, "other")
+
+
+def test_missing_and_damaged_rows_are_clear_errors(db):
+    file = EmbeddingFile(db, "clip", dim=4)
+    with store.connect(db) as conn:
+        file.append(_shas("a", "b"), _unit(2, 4), conn)
+    with pytest.raises(KeyError, match="no 'clip' embedding.*hardood mine"):
+        file.load(_shas("a", "c"))
+    with open(file.path, "r+b") as f:
+        f.truncate(4 * 4)  # the file lost its second row
+    with pytest.raises(ValueError, match="clip.f32.*row 1.*holds 1 rows"):
+        file.load(_shas("b"))
+    with pytest.raises(ValueError, match="letters, digits"):
+        EmbeddingFile(db, "../escape", dim=4)
