@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hardood {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"hardood {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        print(
+            f"hardood {args.command}: interrupted; re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     return int(result or 0)
 

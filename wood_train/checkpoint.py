@@ -36,7 +36,9 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: str | Path, model: CamNet, class_names: list[str], config: dict[str, Any], **extra: Any) -> str:
+def save_checkpoint(
+    path: str | Path, model: CamNet, class_names: list[str], config: dict[str, Any], **extra: Any
+) -> str:
     """Atomically write a checkpoint (temporary file, then rename); returns the weights hash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,8 @@ def load_cam_net(
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the model; missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path}: weights do not match the model; missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     payload["path"] = str(path)
     return model.to(device).eval(), payload

@@ -99,7 +99,9 @@ def replace(config: T, **changes: Any) -> T:
     names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
     unknown = sorted(set(changes) - names)
     if unknown:
-        raise ValueError(f"{type(config).__name__} has no field(s) {unknown}; known: {sorted(names)}")
+        raise ValueError(
+            f"{type(config).__name__} has no field(s) {unknown}; known: {sorted(names)}"
+        )
     return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 

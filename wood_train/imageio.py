@@ -53,7 +53,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, name: str | Path = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    data: bytes, name: str | Path = "<bytes>", max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Decode image bytes into an (H, W, 3) uint8 RGB array, upright per EXIF."""
     if not data:
         raise ImageDecodeError(name, "empty_file")
@@ -74,7 +76,11 @@ def decode_image(data: bytes, name: str | Path = "<bytes>", max_pixels: int = MA
         raise ImageDecodeError(name, "too_large", str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         text = str(exc)
-        reason = "truncated" if "truncated" in text.lower() or "end of file" in text.lower() else "unreadable"
+        reason = (
+            "truncated"
+            if "truncated" in text.lower() or "end of file" in text.lower()
+            else "unreadable"
+        )
         raise ImageDecodeError(name, reason, text) from None
     try:
         img = ImageOps.exif_transpose(img)
@@ -108,7 +114,9 @@ def read_label_png(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L"):
-                raise ImageDecodeError(path, "unreadable", f"label PNG must be mode P or L, got {img.mode}")
+                raise ImageDecodeError(
+                    path, "unreadable", f"label PNG must be mode P or L, got {img.mode}"
+                )
             return np.asarray(img, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise ImageDecodeError(path, "unreadable", "file not found") from None

@@ -56,7 +56,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensor shape mismatches
         raise ValueError(f"{path}: does not match the backbone: {exc}") from None
-    missing = [k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("fc.")]
+    missing = [
+        k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("fc.")
+    ]
     if missing or unexpected:
         raise ValueError(
             f"{path}: does not match the backbone; missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"

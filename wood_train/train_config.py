@@ -15,17 +15,25 @@ class TrainConfig:
     """Everything one training run needs. Presets: ``voc12`` (the reference), ``world`` (CPU)."""
 
     # data
-    voc_root: Path | None = _f(None, "VOC-layout dataset root (JPEGImages, SegmentationClass, ImageSets)")
+    voc_root: Path | None = _f(
+        None, "VOC-layout dataset root (JPEGImages, SegmentationClass, ImageSets)"
+    )
     train_split: str = _f("train_aug", "split list the classifier trains on")
-    val_split: str | None = _f("val", "held-out split with masks for model selection; none = last epoch")
+    val_split: str | None = _f(
+        "val", "held-out split with masks for model selection; none = last epoch"
+    )
     out_dir: Path = _f(Path("runs/train"), "folder for checkpoints, logs and the resolved config")
     # model (WOOD_SPEC section 1)
     backbone: str = _f("resnet50", "resnet18 | resnet34 | resnet50")
     output_stride: int = _f(16, "8, 16 or 32; 16 is the VOC reference")
     frozen_bn: bool = _f(True, "freeze BatchNorm statistics and affine parameters")
     freeze_stem: bool = _f(True, "do not train conv1/bn1")
-    backbone_weights: Path | None = _f(None, "local ImageNet checkpoint for the backbone; none = from scratch")
-    init_checkpoint: Path | None = _f(None, "start from this hardood checkpoint (W-OoD starts from the baseline)")
+    backbone_weights: Path | None = _f(
+        None, "local ImageNet checkpoint for the backbone; none = from scratch"
+    )
+    init_checkpoint: Path | None = _f(
+        None, "start from this hardood checkpoint (W-OoD starts from the baseline)"
+    )
     # optimisation
     batch_size: int = _f(16, "in-distribution images per step (per process under torchrun)")
     epochs: int = _f(5, "passes over the training split")
@@ -39,18 +47,26 @@ class TrainConfig:
     crop: int = _f(512, "random crop size (zero padded)")
     hflip: bool = _f(True, "random horizontal flip")
     # W-OoD (WOOD_SPEC section 3); active when ood_manifest is set
-    ood_manifest: Path | None = _f(None, "hard-OoD manifest folder or manifest.csv, or a plain ood_list.txt")
+    ood_manifest: Path | None = _f(
+        None, "hard-OoD manifest folder or manifest.csv, or a plain ood_list.txt"
+    )
     ood_image_root: Path | None = _f(None, "root for relative paths of a plain ood_list.txt")
     ood_batch_size: int = _f(16, "OoD images per step")
     wood_lambda: float = _f(0.007, "weight of L_dist (lambda)")
     wood_beta: float = _f(0.25, "weight of L_ood (beta)")
     num_centers: int = _f(50, "K, K-means centres of the OoD features")
-    quantile: float = _f(0.2, "q: only (sample, centre) pairs nearer than the q-quantile are pushed")
+    quantile: float = _f(
+        0.2, "q: only (sample, centre) pairs nearer than the q-quantile are pushed"
+    )
     adv_eps: float = _f(0.07, "step size of the adversarial climb on OoD inputs (normalised space)")
     distance: str = _f("euclidean", "euclidean | mahalanobis (shared covariance)")
-    refresh_every: int = _f(0, "recompute prototypes and centres every N epochs; 0 = fixed (reference)")
+    refresh_every: int = _f(
+        0, "recompute prototypes and centres every N epochs; 0 = fixed (reference)"
+    )
     ignore_classes: tuple[str, ...] = _f((), "drop OoD samples whose top class is one of these")
-    ood_as_negatives: bool = _f(False, "ablation: OoD images as all-zero BCE targets, no L_dist/L_ood")
+    ood_as_negatives: bool = _f(
+        False, "ablation: OoD images as all-zero BCE targets, no L_dist/L_ood"
+    )
     # run
     seed: int = _f(0, "seed for order, augmentation, initialisation and K-means")
     num_workers: int = _f(2, "DataLoader workers")

@@ -42,8 +42,10 @@ def read_class_names(voc_root: str | Path) -> list[str]:
 def read_split(voc_root: str | Path, split: str) -> list[str]:
     """Image ids of a split: ``ImageSets/Segmentation/<split>.txt`` or a path to a list file."""
     candidate = Path(split)
-    path = candidate if candidate.suffix == ".txt" and candidate.is_file() else (
-        Path(voc_root) / "ImageSets" / "Segmentation" / f"{split}.txt"
+    path = (
+        candidate
+        if candidate.suffix == ".txt" and candidate.is_file()
+        else (Path(voc_root) / "ImageSets" / "Segmentation" / f"{split}.txt")
     )
     if not path.is_file():
         raise FileNotFoundError(f"split list not found: {path}")
@@ -83,7 +85,9 @@ def _labels_from_npy(path: Path, image_ids: list[str], num_classes: int) -> np.n
             raise KeyError(f"{path}: no label for image {image_id!r}")
         row = np.asarray(lookup[key], dtype=np.float32)
         if row.shape != (num_classes,):
-            raise ValueError(f"{path}: label of {image_id!r} has shape {row.shape}, expected ({num_classes},)")
+            raise ValueError(
+                f"{path}: label of {image_id!r} has shape {row.shape}, expected ({num_classes},)"
+            )
         rows.append(row)
     return np.stack(rows)
 
@@ -102,4 +106,6 @@ def load_image_labels(voc_root: str | Path, image_ids: list[str], num_classes: i
     npy = Path(voc_root) / "cls_labels.npy"
     if npy.is_file():
         return _labels_from_npy(npy, image_ids, num_classes)
-    return np.stack([labels_from_mask(read_label_png(mask_path(voc_root, i)), num_classes) for i in image_ids])
+    return np.stack(
+        [labels_from_mask(read_label_png(mask_path(voc_root, i)), num_classes) for i in image_ids]
+    )

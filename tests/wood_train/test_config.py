@@ -31,7 +31,14 @@ def test_every_field_is_a_cli_option_with_the_right_type():
     assert config.resize_long == (10, 20) and config.frozen_bn is False
     assert config.backbone_weights is None and config.lr == 0.5
     assert config.ignore_classes == ("bottle", "chair")
-    assert set(overrides) == {"voc_root", "resize_long", "frozen_bn", "backbone_weights", "lr", "ignore_classes"}
+    assert set(overrides) == {
+        "voc_root",
+        "resize_long",
+        "frozen_bn",
+        "backbone_weights",
+        "lr",
+        "ignore_classes",
+    }
     options = {a.dest for a in parser._actions}
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= options
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wood_train.imageio import ImageDecodeError, decode_image, read_image, read_label_png, write_label_png
+from wood_train.imageio import (
+    ImageDecodeError,
+    decode_image,
+    read_image,
+    read_label_png,
+    write_label_png,
+)
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -62,7 +68,9 @@ def test_broken_bytes_have_reasons(payload, reason):
 
 
 def test_truncated_file_names_the_file(tmp_path):
-    data = _encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), "JPEG")
+    data = _encode(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), "JPEG"
+    )
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageDecodeError) as info:

@@ -27,7 +27,9 @@ def test_logits_are_the_classifier_applied_to_gap_and_cams_are_relu_of_w_f():
     w = model.classifier.weight[:, :, 0, 0]
     assert torch.allclose(z, feats.mean((2, 3)), atol=1e-6)
     assert torch.allclose(logits, z @ w.T, atol=1e-5)
-    assert torch.allclose(model.cam(x), torch.relu(torch.einsum("cd,bdhw->bchw", w, feats)), atol=1e-5)
+    assert torch.allclose(
+        model.cam(x), torch.relu(torch.einsum("cd,bdhw->bchw", w, feats)), atol=1e-5
+    )
     assert model.classifier.bias is None
 
 
@@ -43,7 +45,9 @@ def test_frozen_bn_has_no_trainable_statistics():
 def test_backbone_weights_load_from_a_local_file(tmp_path):
     reference = torchvision.models.resnet18()
     torch.save({"state_dict": reference.state_dict()}, tmp_path / "imagenet.pth")
-    model = build_cam_net("resnet18", 5, 16, frozen_bn=False, backbone_weights=tmp_path / "imagenet.pth")
+    model = build_cam_net(
+        "resnet18", 5, 16, frozen_bn=False, backbone_weights=tmp_path / "imagenet.pth"
+    )
     assert torch.equal(model.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
     torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match="wrong.pth"):

@@ -1,0 +1,54 @@
+"""Per-epoch held-out metrics: classification mAP and, where the split has masks, CAM mIoU.
+
+Selection uses the held-out CAM mIoU (the quantity the method optimises, single scale for speed);
+without masks the last epoch is kept. The split that is reported (VOC ``train`` for seeds) is
+never the selection split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wood_train.cam import compute_cam
+from wood_train.evaluate import DEFAULT_THRESHOLDS, strongest_class
+from wood_train.imageio import read_image, read_label_png
+from wood_train.metrics import ThresholdSweepConfusion, multilabel_average_precision
+from wood_train.transforms import normalize_image
+from wood_train.voc import image_path, load_image_labels, mask_path, read_split
+
+
+def _has_masks(voc_root, ids) -> bool:
+    try:
+        mask_path(voc_root, ids[0])
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@torch.inference_mode()
+def validate(model, config, class_names: list[str], device, max_images: int = 2000) -> dict:
+    """Returns ``{"val_map", "val_cam_miou"?, "selection_score"?}`` on ``config.val_split``."""
+    ids = read_split(config.voc_root, config.val_split)[:max_images]
+    labels = load_image_labels(config.voc_root, ids, len(class_names))
+    with_masks = _has_masks(config.voc_root, ids)
+    sweep = ThresholdSweepConfusion(DEFAULT_THRESHOLDS, len(class_names) + 1)
+    was_training = model.training
+    model.eval()
+    scores = []
+    for image_id, label in zip(ids, labels):
+        image = read_image(image_path(config.voc_root, image_id))
+        x = normalize_image(image)[None].to(device)
+        scores.append(torch.sigmoid(model(x))[0].float().cpu().numpy())
+        if with_masks:
+            keys, high_res = compute_cam(model, [x], image.shape[:2], label)
+            target = read_label_png(mask_path(config.voc_root, image_id))
+            sweep.update(target, *strongest_class(keys, high_res))
+    model.train(was_training)
+    val_map, _ = multilabel_average_precision(np.stack(scores), labels)
+    metrics = {"val_map": float(val_map)}
+    if with_masks:
+        miou = max(s.miou for s in sweep.compute())
+        metrics["val_cam_miou"] = float(miou)
+        metrics["selection_score"] = float(miou)
+    return metrics
