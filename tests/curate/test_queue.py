@@ -1,0 +1,319 @@
+"""The review queue: ranking, per-class quotas, diversity, reasons, duplicates, verdicts, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from curate_fixtures import (
+    CLASS_NAMES,
+    cue_image,
+    noise_image,
+    planted_checkpoint,
+    save_image,
+    write_awkward_files,
+)
+
+from curate import queue as queue_module
+from curate import store
+from curate.ingest import ingest_pool
+from curate.pool_sources import iter_pool
+from curate.queue import QueueSettings, build_queue, queue_frame
+from curate.ranking import order_candidates, reason_text, renumber_clusters
+from curate.scoring import Scorer, classifier_embedder_name, score_pool
+from wood_train.checkpoint import load_cam_net
+
+# ---- ranking rules on planted candidate tables ---------------------------------------------
+
+
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["sha256", "top_class", "hardness_score", "cluster"])
+
+
+def test_hardness_orders_the_queue_when_nothing_else_applies():
+    frame = _frame([("a", 0, 0.7, 0), ("b", 1, 0.9, 0), ("c", 2, 0.8, 0), ("d", 0, 0.95, 1)])
+    ranked = order_candidates(frame, queue_size=10, diversity_weight=0.0, max_class_share=1.0)
+    assert ranked["sha256"].tolist() == ["d", "b", "c", "a"]
+    assert ranked["rank"].tolist() == [1, 2, 3, 4] and not ranked["over_quota"].any()
+
+
+def test_per_class_quota_lets_other_classes_in_before_a_flooding_class():
+    flood = [(f"t{i}", 0, 0.99 - i * 0.001, 0) for i in range(6)]
+    frame = _frame(flood + [("b1", 1, 0.80, 0), ("b2", 1, 0.70, 0)])
+    ranked = order_candidates(frame, queue_size=4, diversity_weight=0.0, max_class_share=0.5)
+    assert ranked["sha256"].tolist() == ["t0", "t1", "b1", "b2"]
+    longer = order_candidates(frame, queue_size=6, diversity_weight=0.0, max_class_share=0.5)
+    assert longer["sha256"].tolist() == ["t0", "t1", "t2", "b1", "b2", "t3"]
+    assert longer["over_quota"].tolist() == [False, False, False, False, False, True]
+
+
+def test_diversity_interleaves_clusters_of_similar_hardness():
+    # cluster 7 holds three near-equal scenes, cluster 3 one slightly easier scene
+    frame = _frame(
+        [("x1", 0, 0.99, 7), ("x2", 0, 0.985, 7), ("x3", 0, 0.98, 7), ("y1", 0, 0.97, 3)]
+    )
+    plain = order_candidates(frame, 10, diversity_weight=0.0, max_class_share=1.0)
+    assert plain["sha256"].tolist() == ["x1", "x2", "x3", "y1"]
+    diverse = order_candidates(frame, 10, diversity_weight=0.02, max_class_share=1.0)
+    assert diverse["sha256"].tolist() == ["x1", "y1", "x2", "x3"]
+    # a clearly harder image still beats a new cluster
+    frame.loc[frame.sha256 == "y1", "hardness_score"] = 0.60
+    assert order_candidates(frame, 10, 0.02, 1.0)["sha256"].tolist() == ["x1", "x2", "x3", "y1"]
+
+
+def test_clusters_are_numbered_from_the_hardest_within_each_class():
+    frame = _frame([("a", 0, 0.6, 11), ("b", 0, 0.9, 4), ("c", 0, 0.8, 11), ("d", 1, 0.5, 4)])
+    numbered = renumber_clusters(frame).set_index("sha256")
+    assert numbered.loc[["a", "b", "c", "d"], "cluster"].tolist() == [2, 1, 2, 1]
+    assert numbered.loc[["a", "d"], "n_clusters"].tolist() == [2, 1]
+    assert numbered.loc[["a", "b", "c"], "cluster_rank"].tolist() == [1, 0, 0]
+
+
+def test_clip_foreground_score_pushes_a_candidate_down():
+    frame = _frame([("a", 0, 0.95, 0), ("b", 1, 0.90, 0)]).assign(clip_fg_score=[0.9, 0.1])
+    assert order_candidates(frame, 10, 0.0, 1.0)["sha256"].tolist() == ["a", "b"]
+    ranked = order_candidates(frame, 10, 0.0, 1.0, clip_fg_weight=0.2)
+    assert ranked["sha256"].tolist() == ["b", "a"]
+
+
+def test_reason_strings():
+    assert reason_text("train", 0.931, 4, 20, group_size=4) == (
+        "train 0.93 · cluster 4/20 · 3 near-duplicates"
+    )
+    assert reason_text("boat", 0.5, 1, 1) == "boat 0.50 · cluster 1/1"
+    assert reason_text("bird", 0.77, 2, 3, 2, clip_fg_score=0.4, over_quota=True) == (
+        "bird 0.77 · cluster 2/3 · 1 near-duplicate · CLIP foreground 0.40 · "
+        "after other classes (bird quota full)"
+    )
+
+
+# ---- build_queue on a scored, planted pool -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "planted.pt"
+    planted_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scored_pool(tmp_path_factory, checkpoint):
+    """A scored pool: 3 cue images per class (hard), 3 noise images (easy), a planted near
+    duplicate of cue0_0 (two pixels changed), an exact copy of cue1_0 and a few bad files."""
+    tmp_path = tmp_path_factory.mktemp("scored")
+    pool = tmp_path / "pool"
+    for k in range(len(CLASS_NAMES)):
+        for s in range(3):
+            save_image(cue_image(k, 100 + 10 * k + s), pool / f"cue{k}_{s}.png")
+    for s in range(3):
+        save_image(noise_image(300 + s), pool / f"noise_{s}.png")
+    near = cue_image(0, 100)
+    near[0, :2] += 1
+    save_image(near, pool / "cue0_0_near.png")
+    (pool / "cue1_0_copy.png").write_bytes((pool / "cue1_0.png").read_bytes())
+    write_awkward_files(pool / "odd")
+    model, meta = load_cam_net(checkpoint)
+    db = store.open_store(tmp_path / "scored.db")
+    with store.connect(db) as conn:
+        store.ensure_classes(conn, CLASS_NAMES)
+    run_id = store.start_run(db, "mine", {}, meta["weights_sha256"])
+    ingest_pool(db, iter_pool(pool), fg_tags={}, run_id=run_id)
+    scorer = Scorer(model, meta["weights_sha256"], CLASS_NAMES, 32, torch.device("cpu"))
+    score_pool(db, scorer, run_id, batch_size=8, workers=0)
+    return {
+        "db": db,
+        "pool": pool,
+        "run_id": run_id,
+        "ck": meta["weights_sha256"],
+        "embedder": classifier_embedder_name(meta["weights_sha256"]),
+        "dim": model.feature_dim,
+    }
+
+
+@pytest.fixture
+def mined(scored_pool, tmp_path):
+    """A private copy of the scored store (and its embedding files) for one test to change."""
+    db = tmp_path / "c.db"
+    with store.connect(scored_pool["db"]) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    shutil.copytree(store.embeddings_dir(scored_pool["db"]), store.embeddings_dir(db))
+    return dict(scored_pool, db=db)
+
+
+SETTINGS = QueueSettings(dup_threshold=0.9999, clusters_per_class=2, min_hardness=0.5)
+
+
+def _build(m, settings=SETTINGS):
+    return build_queue(m["db"], m["ck"], m["embedder"], m["dim"], m["run_id"], settings)
+
+
+def _name_of(m):
+    with store.connect(m["db"]) as conn:
+        rows = conn.execute("SELECT sha256, relpath FROM image_paths ORDER BY relpath").fetchall()
+    names = {}
+    for r in rows:
+        names.setdefault(r["sha256"], r["relpath"])
+    return names
+
+
+def test_queue_holds_hard_representatives_only_and_never_a_bad_image(mined):
+    queue = _build(mined)
+    names = _name_of(mined)
+    queued = [names[s] for s in queue["sha256"]]
+    # 9 cue images (the exact copy is the same image); the planted near duplicate and its
+    # original collapse into one entry; noise is below min_hardness; bad files never enter
+    assert len(queue) == 9
+    assert sum(n in ("cue0_0.png", "cue0_0_near.png") for n in queued) == 1
+    assert not any(n.startswith(("noise", "odd/")) for n in queued)
+    assert queue["rank"].tolist() == list(range(1, 10))
+    assert (queue["hardness_score"] >= 0.5).all()
+    with store.connect(mined["db"]) as conn:
+        bad_in_queue = conn.execute(
+            "SELECT COUNT(*) FROM queue q JOIN images i USING (sha256) WHERE i.status = 'bad'"
+        ).fetchone()[0]
+        groups = conn.execute("SELECT COUNT(*) FROM dup_groups WHERE group_size = 2").fetchone()[0]
+    assert bad_in_queue == 0 and groups == 2
+    dup_row = queue[[n.startswith("cue0_0") for n in queued]].iloc[0]
+    assert dup_row["group_size"] == 2 and "1 near-duplicate" in dup_row["reason"]
+    assert set(queue["class_name"]) == set(CLASS_NAMES)
+    for row in queue.itertuples():
+        assert row.reason.startswith(f"{row.class_name} {row.hardness_score:.2f} · cluster ")
+
+
+def test_the_hardest_image_of_a_group_represents_it(mined):
+    queue = _build(mined)
+    frame = queue_frame(mined["db"])
+    row = frame[frame["sha256"].isin(queue["sha256"]) & frame["group_size"].eq(2)]
+    with store.connect(mined["db"]) as conn:
+        group = conn.execute(
+            "SELECT d.sha256, s.hardness_score FROM dup_groups d JOIN scores s USING (sha256) "
+            "WHERE d.representative = ?",
+            (row["sha256"].iloc[0],),
+        ).fetchall()
+    assert len(group) == 2
+    assert row["hardness_score"].iloc[0] == max(g["hardness_score"] for g in group)
+
+
+def test_quota_caps_each_class_in_a_short_queue(mined):
+    settings = QueueSettings(dup_threshold=0.9999, queue_size=4, max_class_share=0.25)
+    queue = _build(mined, settings)
+    assert len(queue) == 4
+    assert queue["class_name"].iloc[:3].nunique() == 3  # one per class before any second
+    assert queue["over_quota"].tolist() == [False, False, False, True]
+
+
+def test_reviewed_groups_leave_the_queue_and_keep_their_verdicts(mined):
+    first = _build(mined)
+    names = _name_of(mined)
+    by_name = {names[s]: s for s in first["sha256"]}
+    reviewed = by_name.get("cue2_1.png")
+    group_member = next(s for s, n in names.items() if n == "cue0_0_near.png")
+    now = time.time()
+    with store.connect(mined["db"]) as conn:
+        for sha in (reviewed, group_member):
+            conn.execute(
+                "INSERT INTO verdicts(sha256, annotator, verdict, created_at) VALUES (?, 'ana', "
+                "'no_foreground', ?)",
+                (sha, now),
+            )
+        conn.execute(
+            "INSERT INTO leases VALUES (?, 'ana', ?, ?)", (first["sha256"].iloc[0], now, now + 60)
+        )
+    second = _build(mined)
+    assert len(second) == len(first) - 2
+    remaining = {names[s] for s in second["sha256"]}
+    assert "cue2_1.png" not in remaining
+    assert not remaining & {"cue0_0.png", "cue0_0_near.png"}  # one verdict covers its group
+    with store.connect(mined["db"]) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 2
+        assert conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0] == len(second)
+
+
+def test_expand_from_verdicts_adds_unseen_neighbours_of_confirmed_hard_oods_first(mined):
+    short = QueueSettings(dup_threshold=0.9999, queue_size=3, max_class_share=0.3)
+    first = _build(mined, short)
+    names = _name_of(mined)
+    assert sorted(n[:4] for n in map(names.get, first["sha256"])) == ["cue0", "cue1", "cue2"]
+    confirmed = next(s for s in first["sha256"] if names[s].startswith("cue1"))
+    with store.connect(mined["db"]) as conn:
+        conn.execute(
+            "INSERT INTO verdicts(sha256, annotator, verdict, created_at) "
+            "VALUES (?, 'ana', 'no_foreground', ?)",
+            (confirmed, time.time()),
+        )
+    expand = QueueSettings(**{**short.__dict__, "expand_from_verdicts": True, "expand_k": 2})
+    queue = _build(mined, expand)
+    top_two = [names[s] for s in queue["sha256"].iloc[:2]]
+    others = {f"cue1_{i}.png" for i in range(3)} - {names[confirmed]}
+    assert set(top_two) == others  # the rest of its scene type, which the short queue left out
+    for reason in queue["reason"].iloc[:2]:
+        assert reason.startswith(f"like confirmed hard OoD {confirmed[:8]} (cos ")
+    assert confirmed not in set(queue["sha256"])
+    assert len(queue) == 3 and queue["sha256"].is_unique
+
+
+def test_queue_frame_columns_paths_and_top3(mined):
+    _build(mined)
+    frame = queue_frame(mined["db"])
+    assert list(frame.columns[:8]) == [
+        "rank", "sha256", "path", "top_class", "top_score", "hardness_score", "reason",
+        "group_size",
+    ]  # fmt: skip
+    assert frame["rank"].tolist() == sorted(frame["rank"])
+    row = frame.iloc[0]
+    assert row["path"].startswith(str(mined["pool"].resolve()))
+    assert (mined["pool"] / row["path"]).is_file()
+    assert row["top_class"] in CLASS_NAMES and row["class_2"] in CLASS_NAMES
+    assert row["top_score"] >= row["score_2"] >= row["score_3"]
+    assert len(queue_frame(mined["db"], top=3)) == 3
+    copy_row = frame[frame["path"].str.endswith(("cue1_0.png", "cue1_0_copy.png"))]
+    assert copy_row["path"].iloc[0].endswith("cue1_0.png")  # the first registered path
+
+
+def _run_cli(argv):
+    parser = argparse.ArgumentParser(prog="hardood")
+    queue_module.add_cli(parser.add_subparsers())
+    args = parser.parse_args(["queue", *argv])
+    return args.func(args)
+
+
+def test_queue_cli_prints_a_table_and_writes_csv(mined, tmp_path, capsys):
+    queue = _build(mined)
+    assert _run_cli(["--db", str(mined["db"]), "--top", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "hardness", "class", "group", "reason", "file"]
+    assert len(lines) == 4
+    assert lines[1].split()[0] == "1" and queue["class_name"].iloc[0] in lines[1]
+    assert "cluster" in lines[1] and lines[1].rstrip().endswith(".png")
+    out = tmp_path / "q.csv"
+    assert _run_cli(["--db", str(mined["db"]), "--csv", str(out)]) == 0
+    written = pd.read_csv(out)
+    assert written["sha256"].tolist() == queue["sha256"].tolist()
+    assert f"wrote {len(queue)} queue rows" in capsys.readouterr().out
+
+
+def test_queue_cli_on_an_empty_or_missing_store(tmp_path, capsys):
+    db = store.open_store(tmp_path / "empty.db")
+    assert _run_cli(["--db", str(db)]) == 0
+    assert "is empty; run `hardood mine`" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="nope.db"):
+        _run_cli(["--db", str(tmp_path / "nope.db")])
+
+
+def test_embeddings_of_every_scored_image_are_stored(mined):
+    with store.connect(mined["db"]) as conn:
+        n_scores = conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        rows = conn.execute("SELECT sha256 FROM embeddings ORDER BY row").fetchall()
+    assert len(rows) == n_scores == 9 + 3 + 1 + 5  # cues, noise, near duplicate, usable odd files
+    vectors = np.fromfile(
+        store.embeddings_dir(mined["db"]) / f"{mined['embedder']}.f32", dtype="<f4"
+    ).reshape(-1, mined["dim"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
