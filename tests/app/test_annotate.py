@@ -1,0 +1,98 @@
+"""``hardood annotate``: config checks, the Streamlit command line, and the drawn CAM overlay."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import annotate
+from app.annotate import AnnotateConfig, check_config, parse_app_args, streamlit_command
+from app.images import fit, overlay_cam, render_jpeg
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "c.db"
+    path.write_bytes(b"")
+    return path
+
+
+def test_check_config_refuses_unsafe_or_broken_settings(db, tmp_path):
+    check_config(AnnotateConfig(db=db))  # localhost without a password is fine
+    cases = [
+        (AnnotateConfig(), "--db is required"),
+        (AnnotateConfig(db=tmp_path / "none.db"), "not found"),
+        (AnnotateConfig(db=db, host="0.0.0.0"), "refusing to listen on 0.0.0.0"),
+        (AnnotateConfig(db=db, host="192.168.1.5"), "--password-env VAR"),
+        (AnnotateConfig(db=db, password_env="HARDOOD_TEST_PW"), "not set or empty"),
+        (AnnotateConfig(db=db, overlap=0), "--overlap"),
+        (AnnotateConfig(db=db, grid_size=0), "--grid-size"),
+        (AnnotateConfig(db=db, lease_seconds=0), "--lease-seconds"),
+    ]
+    for config, message in cases:
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            check_config(config, environ={})
+    check_config(AnnotateConfig(db=db, host="0.0.0.0", password_env="PW"), environ={"PW": "x"})
+
+
+def test_streamlit_command_is_headless_private_and_round_trips_the_config(db):
+    config = AnnotateConfig(db=db, port=8600, overlap=2, grid_size=8, lease_seconds=60)
+    command = streamlit_command(config)
+    assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("streamlit_app.py")
+    options = command[: command.index("--")]
+    pairs = list(zip(options[5::2], options[6::2]))
+    for pair in [
+        ("--server.headless", "true"),
+        ("--browser.gatherUsageStats", "false"),
+        ("--server.address", "127.0.0.1"),
+        ("--server.port", "8600"),
+        ("--server.allowedHosts", "localhost"),
+    ]:
+        assert pair in pairs
+    rebuilt = parse_app_args(command[command.index("--") + 1 :])
+    assert rebuilt == AnnotateConfig(
+        db=db.resolve(), port=8600, overlap=2, grid_size=8, lease_seconds=60.0,
+        export_dir=Path("data_manifests").resolve(),
+    )  # fmt: skip
+    open_config = AnnotateConfig(db=db, host="0.0.0.0", password_env="PW")
+    open_command = streamlit_command(open_config)
+    assert "--server.allowedHosts" not in open_command
+    assert open_command[-2:] == ["--password-env", "PW"]
+
+
+def test_cli_runs_streamlit_with_the_package_importable(db, monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(command, env):
+        seen.update(command=command, env=env)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(annotate.subprocess, "run", fake_run)
+    parser = argparse.ArgumentParser()
+    annotate.add_cli(parser.add_subparsers())
+    args = parser.parse_args(["annotate", "--db", str(db), "--port", "8700", "--overlap", "3"])
+    assert args.func(args) == 0
+    assert "--overlap" in seen["command"] and "3" in seen["command"]
+    repo_root = str(Path(annotate.__file__).resolve().parent.parent)
+    assert seen["env"]["PYTHONPATH"].split(":")[0] == repo_root
+    assert "http://127.0.0.1:8700" in capsys.readouterr().out
+    args = parser.parse_args(["annotate", "--db", str(db), "--host", "0.0.0.0"])
+    with pytest.raises(ValueError, match="without a password"):
+        args.func(args)
+
+
+def test_cam_overlay_colours_the_hot_region():
+    gray = np.full((60, 80, 3), 128, dtype=np.uint8)
+    heatmap = np.zeros((16, 16), dtype=np.uint8)
+    heatmap[8:] = 255  # hot bottom half
+    out = np.asarray(overlay_cam(fit(gray, 960), heatmap)).astype(int)
+    assert out.shape == (60, 80, 3)
+    top, bottom = out[5, 40], out[55, 40]
+    assert bottom[0] > bottom[2] + 40  # red where the CAM is high
+    assert top[2] > top[0] + 40  # blue where it is low
+    assert fit(gray, 40).size == (40, 30) and fit(gray, 960).size == (80, 60)  # never upscaled
+    assert render_jpeg(gray, 256)[:2] == b"\xff\xd8"

@@ -1,0 +1,140 @@
+"""The review app end to end in a real browser (Debian's chromium through Playwright).
+
+One annotator labels 20 images with the keyboard in the single view and 24 in the grid, undoes
+one, exports from the app, and the manifest holds exactly those verdicts. Two annotators working
+at once never see the same image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from curate import review
+from curate.export import OOD_LIST_NAME
+from tests.app.browser_helpers import (
+    CHROMIUM,
+    choose_view,
+    launch_chromium,
+    serve,
+    sign_in,
+    wait_grid,
+    wait_single,
+)
+from tests.curate.review_fixtures import build_review_store
+from wood_train.manifest import validate_manifest
+
+SINGLE_PLAN = "ncubnnccnubnnnccbunn"  # 20 key presses, one per image
+# thumbnails flipped on grid pages 1 and 2, by key or (as "click") by clicking the thumbnail
+GRID_FLIPS = [["2", "7", "="], ["1", "click 0"]]
+KEY_VERDICT = {"n": "no_foreground", "c": "contains_foreground", "u": "unsure", "b": "bad_image"}
+GRID_KEYS = "1234567890-="
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install chromium"
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+def press_single(page, key: str) -> str:
+    """Press a key on the shown item, wait for the next one; returns the next item's sha256."""
+    before = wait_single(page)
+    page.keyboard.press(key)
+    return wait_single(page, old=before)
+
+
+def test_keyboard_labelling_undo_and_export_round_trip(browser, tmp_path):
+    world = build_review_store(tmp_path / "w", 60)
+    exports = tmp_path / "exports"
+    planned: dict[str, str] = {}
+    with serve(world.db, tmp_path / "server.log", export_dir=exports) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        # shortcut letters typed into a text field stay text
+        page.get_by_label("Your name").click()
+        page.keyboard.type("nancy cubz")
+        page.keyboard.press("Enter")
+        page.wait_for_selector('[class*="st-key-gridsubmit__"]')
+        choose_view(page, "Single")
+        shown = wait_single(page)
+        for key in SINGLE_PLAN:
+            planned[shown] = KEY_VERDICT[key]
+            page.keyboard.press(key)
+            shown = wait_single(page, old=shown)
+        # undo brings the last image back; it is then judged again, differently
+        last = list(planned)[-1]
+        page.keyboard.press("z")
+        assert wait_single(page, old=shown) == last
+        page.keyboard.press("c")
+        wait_single(page, old=last)
+        planned[last] = "contains_foreground"
+
+        choose_view(page, "Grid")
+        cells = wait_grid(page)
+        for flips in GRID_FLIPS:
+            assert len(cells) == 12 and not set(cells) & set(planned)
+            for key in flips:
+                if key.startswith("click "):
+                    cell = GRID_KEYS.index(key.removeprefix("click "))
+                    page.locator(f".st-key-gridcell_{cell} img").click()
+                else:
+                    page.keyboard.press(key)
+            flipped = {GRID_KEYS.index(key.removeprefix("click ")) for key in flips}
+            for i, sha in enumerate(cells):
+                planned[sha] = "contains_foreground" if i in flipped else "no_foreground"
+            checked = page.locator('[class*="st-key-gridcell_"] input[type="checkbox"]:checked')
+            assert checked.count() == len(flips)  # the keys flipped exactly those thumbnails
+            page.keyboard.press("Enter")
+            cells = wait_grid(page, old=cells)
+
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("Export manifest").click()
+        sidebar.get_by_label("Name", exact=True).fill("browser_run")
+        sidebar.get_by_role("button", name="Export").click()
+        sidebar.get_by_text("Exported 44 images").wait_for(timeout=30_000)
+        page.close()
+
+    assert len(planned) == 20 + 24
+    live = review.live_verdicts(world.db)
+    assert dict(zip(live["sha256"], live["verdict"])) == planned
+    assert set(live["annotator"]) == {"nancy cubz"} and live["seconds"].notna().all()
+    loaded = validate_manifest(exports / "browser_run", check_files=True, check_hashes=True)
+    assert dict(zip(loaded.rows["sha256"], loaded.rows["verdict"])) == planned
+    relpath = dict(zip(world.shas, world.relpaths))
+    ood = [relpath[s] for s in world.shas if planned.get(s) == "no_foreground"]
+    assert (exports / "browser_run" / OOD_LIST_NAME).read_text().splitlines() == ood
+
+
+def test_two_annotators_at_once_never_see_the_same_image(browser, tmp_path):
+    world = build_review_store(tmp_path / "w", 40)
+    with serve(world.db, tmp_path / "server.log", grid_size=6) as url:
+        pages = {}
+        for name in ("ana", "bo"):
+            context = browser.new_context(viewport={"width": 1300, "height": 900})
+            pages[name] = context.new_page()
+            sign_in(pages[name], url, name)
+        grids = {name: wait_grid(page) for name, page in pages.items()}
+        assert len(grids["ana"]) == len(grids["bo"]) == 6
+        assert not set(grids["ana"]) & set(grids["bo"])
+        for page in pages.values():
+            choose_view(page, "Single")
+        shown = {name: wait_single(page) for name, page in pages.items()}
+        seen = {name: [sha] for name, sha in shown.items()}
+        for round_ in range(6):
+            assert shown["ana"] != shown["bo"]
+            for page in pages.values():  # both press before either waits
+                page.keyboard.press("n" if round_ % 2 else "c")
+            for name, page in pages.items():
+                shown[name] = wait_single(page, old=shown[name])
+                seen[name].append(shown[name])
+        for page in pages.values():
+            page.context.close()
+    assert not set(seen["ana"]) & set(seen["bo"])
+    live = review.live_verdicts(world.db)
+    assert len(live) == 12 and live["sha256"].is_unique
