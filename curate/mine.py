@@ -158,6 +158,8 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
 
 
 def _clip_dim(clip) -> int:
+    if isinstance(getattr(clip, "dim", None), int):
+        return clip.dim
     visual = getattr(getattr(clip, "model", None), "visual", None)
     if isinstance(getattr(visual, "output_dim", None), int):
         return visual.output_dim

@@ -101,3 +101,13 @@ def planted_checkpoint(path: Path, class_names=CLASS_NAMES, seed: int = 0, scale
         model.classifier.weight.copy_(weight[:, :, None, None] * scale / feature_norm)
     config = {"crop": SIZE}
     return save_checkpoint(path, model, list(class_names), config)
+
+
+def cached_planted_checkpoint(tmp_path_factory, name: str = "planted.pt", **kwargs) -> Path:
+    """``planted_checkpoint`` saved once per test session (the same weights for every module)."""
+    folder = tmp_path_factory.getbasetemp() / "curate_checkpoints"
+    path = folder / name
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        planted_checkpoint(path, **kwargs)
+    return path

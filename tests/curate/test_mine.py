@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from curate_fixtures import (
     CLASS_NAMES,
+    cached_planted_checkpoint,
     cue_image,
     noise_image,
     planted_checkpoint,
@@ -34,9 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "planted.pt"
-    planted_checkpoint(path)
-    return path
+    return cached_planted_checkpoint(tmp_path_factory)
 
 
 def _pool(folder: Path, per_class: int = 2, noise: int = 2) -> Path:
@@ -173,6 +172,69 @@ def test_energy_hardness_and_rerun_with_another_mode_rescore_without_a_forward(
     with store.connect(result.db) as conn:
         rows = conn.execute("SELECT top_score, hardness_score FROM scores").fetchall()
     assert all(r["top_score"] == r["hardness_score"] for r in rows)
+
+
+TINY_CLIP = "hardood-mine-test-tiny-vit"
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny ViT CLIP registered with open_clip; random weights saved as a local checkpoint."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("clip")
+    config = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32,
+                       "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                     "layers": 1},
+    }  # fmt: skip
+    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(TINY_CLIP).state_dict(), folder / "tiny_clip.pt")
+    return folder / "tiny_clip.pt"
+
+
+def test_open_clip_embedder_adds_clip_scores_to_existing_rows(tmp_path, checkpoint, tiny_clip):
+    from PIL import Image
+
+    from curate.embeddings import OpenClipEmbedder
+    from curate.vector_index import EmbeddingFile
+
+    pool = _pool(tmp_path / "pool", per_class=1, noise=1)
+    mine(_config(tmp_path, checkpoint, pool), log=lambda _: None)
+    config = _config(
+        tmp_path, checkpoint, pool, embedder="open_clip", clip_model=TINY_CLIP,
+        clip_checkpoint=tiny_clip, clip_fg_weight=0.5,
+    )  # fmt: skip
+    lines: list[str] = []
+    result = mine(config, log=lines.append)
+    assert lines[1].startswith("score: 4 images scored")  # pending: no CLIP embedding yet
+    clip = OpenClipEmbedder(TINY_CLIP, tiny_clip)
+    with store.connect(result.db) as conn:
+        rows = conn.execute(
+            "SELECT s.sha256, s.clip_fg_score, s.run_id, p.relpath FROM scores s "
+            "JOIN image_paths p USING (sha256) ORDER BY p.relpath"
+        ).fetchall()
+    assert len(rows) == 4 and {r["run_id"] for r in rows} == {1}  # rows kept, score added
+    images = [np.asarray(Image.open(pool / r["relpath"]).convert("RGB")) for r in rows]
+    direct = clip.embed(images)
+    stored = EmbeddingFile(result.db, clip.name, direct.shape[1]).load([r["sha256"] for r in rows])
+    np.testing.assert_allclose(stored, direct, atol=1e-5)
+    np.testing.assert_allclose(
+        [r["clip_fg_score"] for r in rows],
+        clip.foreground_probability(direct, CLASS_NAMES),
+        atol=1e-5,
+    )
+    frame = queue_frame(result.db)
+    assert frame["clip_fg_score"].notna().all()
+    assert all("CLIP foreground" in reason for reason in frame["reason"])
+    again: list[str] = []
+    mine(config, log=again.append)
+    assert again[1].startswith("score: 0 images scored")
 
 
 def _parse(argv):

@@ -13,9 +13,9 @@ import pytest
 import torch
 from curate_fixtures import (
     CLASS_NAMES,
+    cached_planted_checkpoint,
     cue_image,
     noise_image,
-    planted_checkpoint,
     save_image,
     write_awkward_files,
 )
@@ -98,9 +98,7 @@ def test_reason_strings():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "planted.pt"
-    planted_checkpoint(path)
-    return path
+    return cached_planted_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

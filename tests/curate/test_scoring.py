@@ -10,6 +10,7 @@ import pytest
 import torch
 from curate_fixtures import (
     CLASS_NAMES,
+    cached_planted_checkpoint,
     cue_image,
     noise_image,
     planted_checkpoint,
@@ -36,9 +37,7 @@ from wood_train.transforms import normalize_image
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ck") / "planted.pt"
-    planted_checkpoint(path)
-    return path
+    return cached_planted_checkpoint(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
