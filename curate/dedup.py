@@ -160,8 +160,10 @@ def near_pairs(
             sim = np.asarray(vectors[q], dtype=np.float32) @ base_t
             in_cell = np.nonzero(own[q] == cell)[0]
             sim[in_cell, slot[q[in_cell]]] = -np.inf  # a row is not its own neighbour
-            nearest[q] = np.maximum(nearest[q], sim.max(axis=1))
-            parts.append(_hits(sim, q, members, min_similarity, k))
+            row_max = sim.max(axis=1)
+            nearest[q] = np.maximum(nearest[q], row_max)
+            hit_rows = np.nonzero(row_max >= min_similarity)[0]  # usually few: scan only those
+            parts.append(_hits(sim[hit_rows], q[hit_rows], members, min_similarity, k))
             bar.update(len(q))
     bar.close()
     if parts:

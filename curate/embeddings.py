@@ -109,6 +109,11 @@ class OpenClipEmbedder:
             ch if ch.isalnum() or ch in "-_." else "_" for ch in self.model_name
         )
 
+    @property
+    def dim(self) -> int:
+        """Embedding dimension (shared by the image and text towers)."""
+        return int(self.text_embeddings(("a photo.",)).shape[1])
+
     @torch.inference_mode()
     def embed(self, images: Sequence[np.ndarray], batch_size: int = EMBED_BATCH) -> np.ndarray:
         """(B, D) unit-norm float32 embeddings of (H, W, 3) uint8 RGB images."""
@@ -123,7 +128,7 @@ class OpenClipEmbedder:
             ).to(self.device)
             out.append(self.model.encode_image(batch, normalize=True).float().cpu().numpy())
         if not out:
-            return np.zeros((0, self.text_embeddings(["x"]).shape[1]), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         return np.concatenate(out)
 
     @torch.inference_mode()

@@ -60,6 +60,7 @@ def test_embeddings_equal_a_direct_forward_of_the_saved_model(tiny_clip, embedde
         direct = (direct / direct.norm(dim=-1, keepdim=True)).numpy()
     got = embedder.embed(images, batch_size=2)
     assert got.shape == (3, 32) and got.dtype == np.float32
+    assert embedder.dim == 32 and embedder.embed([]).shape == (0, 32)
     np.testing.assert_allclose(got, direct, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     torch.manual_seed(1)
