@@ -43,7 +43,12 @@ MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 
 def main() -> None:
     st.set_page_config(page_title="hardood review", layout="wide")
-    config = load_config(tuple(sys.argv[1:]))
+    config = parse_app_args(sys.argv[1:])
+    try:
+        check_config(config)
+    except (ValueError, FileNotFoundError) as exc:
+        st.error(str(exc))
+        return
     st.html(CSS)
     with st.container(key="hotkeys"):
         st.html(hotkeys.hotkeys_html(), unsafe_allow_javascript=True)
@@ -51,7 +56,11 @@ def main() -> None:
     if annotator is None:
         sign_in_view(config)
         return
-    notice = commit_pending(config, annotator)  # before anything is drawn
+    try:
+        notice = commit_pending(config, annotator)  # before anything is drawn
+    except (ValueError, KeyError) as exc:  # e.g. the queue was rebuilt under this page
+        notice = None
+        st.error(f"Not saved: {exc}")
     view = sidebar(config, annotator)
     if notice:
         st.toast(notice)
@@ -64,17 +73,6 @@ def main() -> None:
 
 
 # ---- loaders -------------------------------------------------------------------------------
-
-
-@st.cache_resource
-def load_config(argv: tuple[str, ...]) -> AnnotateConfig:
-    config = parse_app_args(list(argv))
-    try:
-        check_config(config)
-    except (ValueError, FileNotFoundError) as exc:
-        st.error(str(exc))
-        st.stop()
-    return config
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -262,7 +260,7 @@ def progress_view(config: AnnotateConfig) -> None:
     st.progress(summary["done_items"] / total if total else 0.0)
     st.caption(
         f"{summary['verdicts']} verdicts ({summary['undone_verdicts']} undone), "
-        f"{summary['leased_items']} images with someone now, {summary['active_annotators']} "
+        f"{summary['leased_items']} image(s) with someone now, {summary['active_annotators']} "
         f"annotator(s) active in the last 15 min; {config.overlap} verdict(s) per image."
     )
     st.subheader("Annotators")
@@ -306,7 +304,7 @@ def export_panel(config: AnnotateConfig) -> None:
 def annotator_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The per-annotator progress, rounded for reading."""
     return frame.assign(
-        median_seconds=frame["median_seconds"].round(1),
+        median_seconds=[f"{v:.1f}" if pd.notna(v) else "" for v in frame["median_seconds"]],
         total_seconds=frame["total_seconds"].round(0).astype(int),
         last_verdict_at=[
             t.strftime("%Y-%m-%d %H:%M UTC") if pd.notna(t) else ""

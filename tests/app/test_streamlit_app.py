@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import hotkeys
-from curate import review
+from curate import review, store
 from tests.curate.review_fixtures import build_review_store
 from wood_train.manifest import validate_manifest
 
@@ -193,7 +193,7 @@ def test_progress_view_counts_and_agreement(monkeypatch, world):
     assert metrics["Done"] == "4 / 30" and metrics["Remaining"] == "26"
     assert metrics["Median s / verdict"] == "3.0"
     table = at.table[0].value
-    assert table.loc["ana", "verdicts"] == 4 and table.loc["bo", "median_seconds"] == 4.0
+    assert table.loc["ana", "verdicts"] == 4 and table.loc["bo", "median_seconds"] == "4.0"
     text = " ".join(m.value for m in at.markdown)
     assert "Cohen's kappa **0.500** over 4 images" in text
 
@@ -215,3 +215,16 @@ def test_export_button_writes_a_valid_manifest(monkeypatch, world, tmp_path):
     button(at, "Export").click().run()
     assert "export name" in at.sidebar.error[0].value
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_verdict_that_cannot_be_saved_says_so(monkeypatch, world):
+    at = sign_in(open_app(monkeypatch, world.db), "ana")
+    at.radio[0].set_value("Single").run()
+    shown = shown_sha(at)
+    with store.connect(world.db) as conn:  # the queue was rebuilt without this image meanwhile
+        conn.execute("DELETE FROM leases WHERE sha256 = ?", (shown,))
+        conn.execute("DELETE FROM queue WHERE sha256 = ?", (shown,))
+    press_verdict(at, "no_foreground", shown)
+    assert "Not saved" in at.error[0].value and "not in the review queue" in at.error[0].value
+    assert verdicts_by_sha(world.db) == {}
+    assert shown_sha(at) == world.shas[1]
