@@ -51,7 +51,10 @@ def truth_by_sha(db_path: str | Path, truth: pd.DataFrame, pool_dir: str | Path)
 
 
 def simulate_review(
-    db_path: str | Path, truth: pd.DataFrame, pool_dir: str | Path, team: SimulatedTeam = SimulatedTeam()
+    db_path: str | Path,
+    truth: pd.DataFrame,
+    pool_dir: str | Path,
+    team: SimulatedTeam = SimulatedTeam(),
 ) -> pd.DataFrame:
     """Review the queue with the simulated team; returns the verdicts recorded (one row each)."""
     contains = truth_by_sha(db_path, truth, pool_dir)
@@ -89,4 +92,6 @@ def simulate_review(
         if not progressed:
             break
     bar.close()
-    return pd.DataFrame(records, columns=["sha256", "annotator", "verdict", "seconds", "truth_contains"])
+    return pd.DataFrame(
+        records, columns=["sha256", "annotator", "verdict", "seconds", "truth_contains"]
+    )
