@@ -46,9 +46,12 @@ class MineConfig:
     # queue (curate.queue)
     queue_size: int = _f(1000, "images in the review queue")
     min_hardness: float = _f(0.5, "candidates below this hardness_score stay out of the queue")
-    dup_threshold: float = _f(0.97, "cosine similarity at which two images are near duplicates")
+    dup_threshold: float = _f(0.96, "aligned similarity at which two images are near duplicates")
+    dup_candidate_threshold: float = _f(0.90, "thumbnail cosine for a pair to be checked at all")
     clusters_per_class: int = _f(20, "K-means clusters within each top class (diversity)")
-    diversity_weight: float = _f(0.02, "ranking penalty per earlier pick from the same cluster")
+    hardness_tier: float = _f(
+        1.0, "width (logits) of a hardness tier; clusters interleave within one"
+    )
     max_class_share: float = _f(0.5, "at most this fraction of the queue per top class (quota)")
     expand_from_verdicts: bool = _f(False, "also queue nearest neighbours of confirmed hard OoDs")
     expand_k: int = _f(5, "neighbours per confirmed hard OoD with --expand-from-verdicts")

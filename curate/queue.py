@@ -17,7 +17,15 @@ import numpy as np
 import pandas as pd
 
 from curate import store
+from curate.near_duplicates import (
+    DEFAULT_CANDIDATE_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    THUMB_DIM,
+    THUMB_EMBEDDER,
+    group_near_duplicates,
+)
 from curate.ranking import order_candidates, reason_text
+from wood_train.imageio import ImageDecodeError, read_image
 
 
 @dataclass(frozen=True)
@@ -26,9 +34,10 @@ class QueueSettings:
 
     queue_size: int = 1000
     min_hardness: float = 0.5
-    dup_threshold: float = 0.97
+    dup_threshold: float = DEFAULT_THRESHOLD
+    dup_candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD
     clusters_per_class: int = 20
-    diversity_weight: float = 0.02
+    hardness_tier: float = 1.0
     max_class_share: float = 0.5
     clip_fg_weight: float = 0.0
     expand_from_verdicts: bool = False
@@ -49,6 +58,27 @@ def load_candidates(db_path: str | Path, checkpoint_sha256: str) -> pd.DataFrame
         ).fetchall()
     columns = ["sha256", "top_class", "top_score", "hardness_score", "clip_fg_score"]
     return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+
+
+def first_paths(db_path: str | Path, shas: list[str]) -> dict[str, Path]:
+    """sha256 -> absolute path of the image's first registered path."""
+    with store.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT p.sha256, r.path AS root, p.relpath FROM image_paths p "
+            "JOIN roots r ON r.root_id = p.root_id "
+            "WHERE p.rowid IN (SELECT MIN(rowid) FROM image_paths GROUP BY sha256)"
+        ).fetchall()
+    wanted = set(shas)
+    return {r["sha256"]: Path(r["root"]) / r["relpath"] for r in rows if r["sha256"] in wanted}
+
+
+def _read_or_none(path: Path | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    try:
+        return read_image(path)
+    except ImageDecodeError:  # gone or replaced since scoring: it simply joins no group
+        return None
 
 
 def reviewed_images(db_path: str | Path) -> dict[str, str]:
@@ -93,7 +123,6 @@ def build_queue(
     DataFrame with rank, sha256, top_class, class_name, hardness_score, cluster, n_clusters,
     group_size, over_quota, expanded_from and reason, ordered by rank.
     """
-    from curate.dedup import group_near_duplicates
     from curate.diversity import cluster_within_classes
     from curate.vector_index import EmbeddingFile
 
@@ -102,12 +131,16 @@ def build_queue(
     candidates = load_candidates(db_path, checkpoint_sha256)
     vectors = np.zeros((0, embedding_dim), np.float32)
     if len(candidates):
-        vectors = EmbeddingFile(db_path, embedder, embedding_dim).load(list(candidates["sha256"]))
+        shas = list(candidates["sha256"])
+        vectors = EmbeddingFile(db_path, embedder, embedding_dim).load(shas)
+        paths = first_paths(db_path, shas)
         groups = group_near_duplicates(
-            vectors,
-            list(candidates["sha256"]),
+            shas,
+            EmbeddingFile(db_path, THUMB_EMBEDDER, THUMB_DIM).load(shas),
+            lambda sha: _read_or_none(paths.get(sha)),
             candidates["hardness_score"].to_numpy(),
             settings.dup_threshold,
+            settings.dup_candidate_threshold,
         )
     else:
         groups = pd.DataFrame(columns=["sha256", "representative", "group_size", "dup_score"])
@@ -141,7 +174,7 @@ def build_queue(
     ranked = order_candidates(
         eligible,
         room,
-        settings.diversity_weight,
+        settings.hardness_tier,
         settings.max_class_share,
         settings.clip_fg_weight,
     )

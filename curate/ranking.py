@@ -3,12 +3,15 @@
 Pure functions over a DataFrame of candidates (one row per near-duplicate group representative),
 so the rule can be read and tested without a store:
 
-1. ``rank_key = hardness_score - diversity_weight * cluster_rank - clip_fg_weight * clip_fg_score``
-   where ``cluster_rank`` is 0 for the hardest image of its K-means cluster, 1 for the second, and
-   so on. A small ``diversity_weight`` interleaves clusters round-robin among images of similar
-   hardness, so one scene type cannot flood the top of the queue, while a clearly harder image
-   still comes first. ``clip_fg_weight`` pushes down images CLIP thinks show a foreground class.
-2. Walk the candidates by ``rank_key``; a top class that already holds
+1. ``rank_key = hardness_score - clip_fg_weight * clip_fg_score`` (``clip_fg_weight`` pushes down
+   images CLIP thinks show a foreground class).
+2. Hardness tiers: ``tier = floor(logit(rank_key) / hardness_tier)``. Probabilities saturate near
+   1, so tiers are cut on the logit scale: with the default width 1.0 an image in a higher tier
+   is at least e times more confidently "class" by odds. Harder tiers come first.
+3. Diversity within a tier: images go round-robin over their class's K-means clusters
+   (``cluster_rank`` is 0 for the hardest image of its cluster, 1 for the second, ...), so one
+   scene type cannot flood the top of the queue, while a clearly harder image still comes first.
+4. Quotas: walk the order; a top class that already holds
    ``ceil(max_class_share * queue_size)`` places is over its quota, and its further candidates
    wait until every other class has had its turn.
 """
@@ -42,14 +45,23 @@ def renumber_clusters(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def hardness_tiers(rank_key: np.ndarray, width: float) -> np.ndarray:
+    """``floor(logit(p) / width)`` of each key (probabilities clipped to [1e-6, 1 - 1e-6])."""
+    if width <= 0:
+        raise ValueError(f"hardness_tier must be positive, got {width}")
+    p = np.clip(np.asarray(rank_key, np.float64), 1e-6, 1 - 1e-6)
+    return np.floor(np.log(p / (1 - p)) / width).astype(np.int64)
+
+
 def order_candidates(
     frame: pd.DataFrame,
     queue_size: int,
-    diversity_weight: float = 0.02,
+    hardness_tier: float = 1.0,
     max_class_share: float = 0.5,
     clip_fg_weight: float = 0.0,
 ) -> pd.DataFrame:
-    """Order and cut candidates into the queue; adds ``rank`` (1-based), ``rank_key``, ``over_quota``.
+    """Order and cut candidates into the queue; adds ``rank`` (1-based), ``rank_key``, ``tier``,
+    ``over_quota``.
 
     Parameters
     ----------
@@ -62,18 +74,23 @@ def order_candidates(
     Examples
     --------
     >>> frame = pd.DataFrame({"sha256": list("abc"), "top_class": [0, 0, 1],
-    ...                       "hardness_score": [0.9, 0.8, 0.7], "cluster": [0, 0, 0]})
+    ...                       "hardness_score": [0.99, 0.9, 0.7], "cluster": [0, 0, 0]})
     >>> order_candidates(frame, queue_size=2, max_class_share=0.5)["sha256"].tolist()
     ['a', 'c']
     """
     if frame.empty:
-        return frame.assign(rank=[], rank_key=[], over_quota=[], n_clusters=[], cluster_rank=[])
+        return frame.assign(
+            rank=[], rank_key=[], tier=[], over_quota=[], n_clusters=[], cluster_rank=[]
+        )
     frame = renumber_clusters(frame)
-    key = frame["hardness_score"] - diversity_weight * frame["cluster_rank"]
+    key = frame["hardness_score"].astype(float)
     if clip_fg_weight and "clip_fg_score" in frame:
         key = key - clip_fg_weight * frame["clip_fg_score"].fillna(0.0)
     frame["rank_key"] = key
-    frame = frame.sort_values(["rank_key", "sha256"], ascending=[False, True])
+    frame["tier"] = hardness_tiers(key.to_numpy(), hardness_tier)
+    frame = frame.sort_values(
+        ["tier", "cluster_rank", "rank_key", "sha256"], ascending=[False, True, False, True]
+    )
     quota = max(1, math.ceil(max_class_share * queue_size))
     taken: dict[int, int] = {}
     first, deferred = [], []

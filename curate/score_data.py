@@ -14,10 +14,12 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from curate import store
+from curate.near_duplicates import thumbnail_descriptor
 from wood_train.imageio import ImageDecodeError, decode_image
 from wood_train.transforms import normalize_image, resize_long_side
 
@@ -77,6 +79,7 @@ def load_for_scoring(sha256: str, path: str, image_size: int, clip: bool) -> dic
         "tensor": tensor,
         "valid": (valid_h, valid_w),
         "size": (width, height),
+        "thumb": thumbnail_descriptor(image),
     }
     if clip:
         small = (
@@ -122,6 +125,7 @@ def collate_scoring(items: list[dict[str, Any]]) -> dict[str, Any]:
         "sha256": [i["sha256"] for i in good],
         "x": torch.stack([i["tensor"] for i in good]) if good else None,
         "valid": [i["valid"] for i in good],
+        "thumbs": np.stack([i["thumb"] for i in good]) if good else None,
         "size": [i["size"] for i in good],
         "clip_images": [i["clip_image"] for i in good if "clip_image" in i],
         "bad": [(i["sha256"], i["bad"], i["detail"]) for i in items if "bad" in i],

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from curate import store
+from curate.near_duplicates import THUMB_DIM, THUMB_EMBEDDER
 from curate.score_data import PendingImages, collate_scoring, count_pending
 from wood_train.progress import progress
 
@@ -151,7 +152,7 @@ class Scorer:
 
     @property
     def embedders(self) -> tuple[str, ...]:
-        names = (self.classifier_embedder,)
+        names = (self.classifier_embedder, THUMB_EMBEDDER)
         return names + ((self.clip_embedder,) if self.clip is not None else ())
 
 
@@ -191,8 +192,12 @@ def score_pool(
     total = count_pending(db_path, scorer.checkpoint_sha256, scorer.embedders)
     if total == 0:
         return report
-    files = {scorer.classifier_embedder: EmbeddingFile(db_path, scorer.classifier_embedder,
-                                                       scorer.model.feature_dim)}  # fmt: skip
+    files = {
+        scorer.classifier_embedder: EmbeddingFile(
+            db_path, scorer.classifier_embedder, scorer.model.feature_dim
+        ),
+        THUMB_EMBEDDER: EmbeddingFile(db_path, THUMB_EMBEDDER, THUMB_DIM),
+    }
     dataset = PendingImages(db_path, scorer.checkpoint_sha256, scorer.embedders,
                             scorer.image_size, clip=scorer.clip is not None)  # fmt: skip
     loader = DataLoader(
@@ -278,7 +283,7 @@ def _write_batch(db_path, scorer: Scorer, run_id, batch, result, heatmap_size, f
                 for b, sha in enumerate(shas)
             ],
         )
-        vectors = {scorer.classifier_embedder: result["embedding"]}
+        vectors = {scorer.classifier_embedder: result["embedding"], THUMB_EMBEDDER: batch["thumbs"]}
         if "clip_embedding" in result:
             vectors[scorer.clip_embedder] = result["clip_embedding"]
         for name, matrix in vectors.items():

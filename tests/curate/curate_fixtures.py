@@ -23,15 +23,23 @@ CLASS_NAMES = ["train", "boat", "bird"]
 CUE_COLOURS = [(200, 40, 40), (40, 80, 220), (40, 200, 60)]  # one band colour per class
 
 
-def noise_image(seed: int, size: int = SIZE) -> np.ndarray:
+def noise_image(seed: int, size: int = SIZE, clutter: bool = True) -> np.ndarray:
+    """Grey-brown noise with three grey blocks of clutter: distinct at a glance from any other."""
     rng = np.random.default_rng(seed)
     base = rng.integers(110, 131, size=3)
-    return np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    image = np.clip(base + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+    for _ in range(3 if clutter else 0):
+        h, w = rng.integers(size // 6, size // 3, size=2)
+        y, x = rng.integers(0, size // 2), rng.integers(0, size - w)
+        image[y : y + h, x : x + w] = rng.integers(40, 221)
+    return image
 
 
-def cue_image(class_index: int, seed: int, size: int = SIZE, band: float = 0.5) -> np.ndarray:
+def cue_image(
+    class_index: int, seed: int, size: int = SIZE, band: float = 0.5, clutter: bool = True
+) -> np.ndarray:
     """Noise with class ``class_index``'s colour band over the bottom ``band`` of the image."""
-    image = noise_image(seed, size)
+    image = noise_image(seed, size, clutter)
     rows = int(size * band)
     rng = np.random.default_rng(seed + 10_000)
     colour = np.asarray(CUE_COLOURS[class_index]) + rng.integers(-15, 16, size=3)

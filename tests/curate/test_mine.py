@@ -26,6 +26,7 @@ from curate_fixtures import (
 from curate import mine as mine_module
 from curate import store
 from curate.mine import MineConfig, config_from_args, mine
+from curate.near_duplicates import THUMB_EMBEDDER
 from curate.queue import queue_frame
 from curate.scoring import classifier_embedder_name
 from wood_train.config import replace
@@ -315,8 +316,10 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, checkpoint)
     assert _counts(db, "SELECT COUNT(*) FROM scores") == n_images
     assert _counts(db, "SELECT COUNT(DISTINCT sha256) FROM scores") == n_images
     embedder = classifier_embedder_name(_ck_sha(checkpoint))
-    assert _counts(db, "SELECT COUNT(*) FROM embeddings") == n_images
-    assert _counts(db, "SELECT COUNT(DISTINCT row) FROM embeddings") == n_images
+    for name in (embedder, THUMB_EMBEDDER):
+        where = f"FROM embeddings WHERE embedder = '{name}'"
+        assert _counts(db, f"SELECT COUNT(*) {where}") == n_images
+        assert _counts(db, f"SELECT COUNT(DISTINCT row) {where}") == n_images
 
     # every stored row equals what one uninterrupted run computes
     clean = tmp_path / "clean.db"

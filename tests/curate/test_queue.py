@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import sqlite3
 import time
@@ -19,10 +20,18 @@ from curate_fixtures import (
     save_image,
     write_awkward_files,
 )
+from PIL import Image
 
 from curate import queue as queue_module
 from curate import store
 from curate.ingest import ingest_pool
+from curate.near_duplicates import (
+    DEFAULT_THRESHOLD,
+    THUMB_EMBEDDER,
+    aligned_similarity,
+    group_near_duplicates,
+    thumbnail_descriptor,
+)
 from curate.pool_sources import iter_pool
 from curate.queue import QueueSettings, build_queue, queue_frame
 from curate.ranking import order_candidates, reason_text, renumber_clusters
@@ -38,7 +47,7 @@ def _frame(rows):
 
 def test_hardness_orders_the_queue_when_nothing_else_applies():
     frame = _frame([("a", 0, 0.7, 0), ("b", 1, 0.9, 0), ("c", 2, 0.8, 0), ("d", 0, 0.95, 1)])
-    ranked = order_candidates(frame, queue_size=10, diversity_weight=0.0, max_class_share=1.0)
+    ranked = order_candidates(frame, queue_size=10, max_class_share=1.0)
     assert ranked["sha256"].tolist() == ["d", "b", "c", "a"]
     assert ranked["rank"].tolist() == [1, 2, 3, 4] and not ranked["over_quota"].any()
 
@@ -46,25 +55,29 @@ def test_hardness_orders_the_queue_when_nothing_else_applies():
 def test_per_class_quota_lets_other_classes_in_before_a_flooding_class():
     flood = [(f"t{i}", 0, 0.99 - i * 0.001, 0) for i in range(6)]
     frame = _frame(flood + [("b1", 1, 0.80, 0), ("b2", 1, 0.70, 0)])
-    ranked = order_candidates(frame, queue_size=4, diversity_weight=0.0, max_class_share=0.5)
+    ranked = order_candidates(frame, queue_size=4, max_class_share=0.5)
     assert ranked["sha256"].tolist() == ["t0", "t1", "b1", "b2"]
-    longer = order_candidates(frame, queue_size=6, diversity_weight=0.0, max_class_share=0.5)
+    longer = order_candidates(frame, queue_size=6, max_class_share=0.5)
     assert longer["sha256"].tolist() == ["t0", "t1", "t2", "b1", "b2", "t3"]
     assert longer["over_quota"].tolist() == [False, False, False, False, False, True]
 
 
-def test_diversity_interleaves_clusters_of_similar_hardness():
-    # cluster 7 holds three near-equal scenes, cluster 3 one slightly easier scene
+def test_diversity_interleaves_clusters_within_a_hardness_tier():
+    # cluster 7 holds three near-equal scenes, cluster 3 one slightly easier scene; all four
+    # share the logit tier [4, 5)
     frame = _frame(
-        [("x1", 0, 0.99, 7), ("x2", 0, 0.985, 7), ("x3", 0, 0.98, 7), ("y1", 0, 0.97, 3)]
+        [("x1", 0, 0.993, 7), ("x2", 0, 0.99, 7), ("x3", 0, 0.988, 7), ("y1", 0, 0.985, 3)]
     )
-    plain = order_candidates(frame, 10, diversity_weight=0.0, max_class_share=1.0)
-    assert plain["sha256"].tolist() == ["x1", "x2", "x3", "y1"]
-    diverse = order_candidates(frame, 10, diversity_weight=0.02, max_class_share=1.0)
+    diverse = order_candidates(frame, 10, hardness_tier=1.0, max_class_share=1.0)
     assert diverse["sha256"].tolist() == ["x1", "y1", "x2", "x3"]
+    assert diverse["tier"].tolist() == [4, 4, 4, 4]
+    plain = order_candidates(frame, 10, hardness_tier=0.001, max_class_share=1.0)
+    assert plain["sha256"].tolist() == ["x1", "x2", "x3", "y1"]
     # a clearly harder image still beats a new cluster
     frame.loc[frame.sha256 == "y1", "hardness_score"] = 0.60
-    assert order_candidates(frame, 10, 0.02, 1.0)["sha256"].tolist() == ["x1", "x2", "x3", "y1"]
+    assert order_candidates(frame, 10, 1.0, 1.0)["sha256"].tolist() == ["x1", "x2", "x3", "y1"]
+    with pytest.raises(ValueError, match="hardness_tier must be positive"):
+        order_candidates(frame, 10, hardness_tier=0.0)
 
 
 def test_clusters_are_numbered_from_the_hardest_within_each_class():
@@ -77,8 +90,8 @@ def test_clusters_are_numbered_from_the_hardest_within_each_class():
 
 def test_clip_foreground_score_pushes_a_candidate_down():
     frame = _frame([("a", 0, 0.95, 0), ("b", 1, 0.90, 0)]).assign(clip_fg_score=[0.9, 0.1])
-    assert order_candidates(frame, 10, 0.0, 1.0)["sha256"].tolist() == ["a", "b"]
-    ranked = order_candidates(frame, 10, 0.0, 1.0, clip_fg_weight=0.2)
+    assert order_candidates(frame, 10, 1.0, 1.0)["sha256"].tolist() == ["a", "b"]
+    ranked = order_candidates(frame, 10, 1.0, 1.0, clip_fg_weight=0.2)
     assert ranked["sha256"].tolist() == ["b", "a"]
 
 
@@ -91,6 +104,55 @@ def test_reason_strings():
         "bird 0.77 · cluster 2/3 · 1 near-duplicate · CLIP foreground 0.40 · "
         "after other classes (bird quota full)"
     )
+
+
+# ---- near-duplicate groups --------------------------------------------------------------
+
+
+def _copies(image: np.ndarray) -> dict[str, np.ndarray]:
+    """The world's three near-duplicate transforms of ``image`` (64 x 64)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=70)
+    jpeg = np.asarray(Image.open(buffer).convert("RGB"))
+    resized = np.asarray(Image.fromarray(image).resize((54, 54), Image.BILINEAR))
+    cropped = np.ascontiguousarray(image[2:60, 3:61])  # a 6% crop, off centre
+    return {"jpeg": jpeg, "resize": resized, "crop": cropped}
+
+
+def _scene(seed: int) -> np.ndarray:
+    """A 64 px boat-cue image with three random blocks of clutter above the band."""
+    image = cue_image(1, seed, size=64)
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        y, x, h, w = (
+            rng.integers(0, 20),
+            rng.integers(0, 48),
+            rng.integers(6, 12),
+            rng.integers(6, 16),
+        )
+        image[y : y + h, x : x + w] = rng.integers(0, 256, size=3)
+    return image
+
+
+def test_near_duplicates_group_copies_but_not_look_alikes():
+    original = _scene(7)
+    look_alike = _scene(8)  # the same band and colours, other clutter
+    images = {"original": original, **_copies(original), "look_alike": look_alike}
+    for name in ("jpeg", "resize", "crop"):
+        assert aligned_similarity(original, images[name]) >= DEFAULT_THRESHOLD, name
+    assert aligned_similarity(original, look_alike) < 0.93
+    keys = list(images)
+    thumbs = np.stack([thumbnail_descriptor(images[k]) for k in keys])
+    priority = [0.5, 0.9, 0.6, 0.7, 0.99]  # the JPEG copy is the hardest member
+    groups = group_near_duplicates(keys, thumbs, images.get, priority).set_index("sha256")
+    assert groups.loc["original", "group_size"] == 4
+    assert set(groups["representative"].iloc[:4]) == {"jpeg"}
+    assert groups.loc["look_alike", "representative"] == "look_alike"
+    assert groups.loc["look_alike", "group_size"] == 1
+    assert np.isnan(groups.loc["look_alike", "dup_score"])
+    assert (groups["dup_score"].iloc[:4] >= DEFAULT_THRESHOLD).all()
+    unreadable = group_near_duplicates(keys, thumbs, lambda k: None, priority)
+    assert (unreadable["group_size"] == 1).all()
 
 
 # ---- build_queue on a scored, planted pool -------------------------------------------------
@@ -145,7 +207,7 @@ def mined(scored_pool, tmp_path):
     return dict(scored_pool, db=db)
 
 
-SETTINGS = QueueSettings(dup_threshold=0.9999, clusters_per_class=2, min_hardness=0.5)
+SETTINGS = QueueSettings(clusters_per_class=2, min_hardness=0.5)
 
 
 def _build(m, settings=SETTINGS):
@@ -200,7 +262,7 @@ def test_the_hardest_image_of_a_group_represents_it(mined):
 
 
 def test_quota_caps_each_class_in_a_short_queue(mined):
-    settings = QueueSettings(dup_threshold=0.9999, queue_size=4, max_class_share=0.25)
+    settings = QueueSettings(queue_size=4, max_class_share=0.25)
     queue = _build(mined, settings)
     assert len(queue) == 4
     assert queue["class_name"].iloc[:3].nunique() == 3  # one per class before any second
@@ -236,7 +298,7 @@ def test_reviewed_groups_leave_the_queue_and_keep_their_verdicts(mined):
 
 
 def test_expand_from_verdicts_adds_unseen_neighbours_of_confirmed_hard_oods_first(mined):
-    short = QueueSettings(dup_threshold=0.9999, queue_size=3, max_class_share=0.3)
+    short = QueueSettings(queue_size=3, max_class_share=0.3)
     first = _build(mined, short)
     names = _name_of(mined)
     assert sorted(n[:4] for n in map(names.get, first["sha256"])) == ["cue0", "cue1", "cue2"]
@@ -309,8 +371,13 @@ def test_queue_cli_on_an_empty_or_missing_store(tmp_path, capsys):
 def test_embeddings_of_every_scored_image_are_stored(mined):
     with store.connect(mined["db"]) as conn:
         n_scores = conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
-        rows = conn.execute("SELECT sha256 FROM embeddings ORDER BY row").fetchall()
-    assert len(rows) == n_scores == 9 + 3 + 1 + 5  # cues, noise, near duplicate, usable odd files
+        rows = conn.execute(
+            "SELECT sha256 FROM embeddings WHERE embedder = ? ORDER BY row", (mined["embedder"],)
+        ).fetchall()
+        n_thumbs = conn.execute(
+            "SELECT COUNT(*) FROM embeddings WHERE embedder = ?", (THUMB_EMBEDDER,)
+        ).fetchone()[0]
+    assert len(rows) == n_scores == n_thumbs == 9 + 3 + 1 + 5  # cues, noise, near dup, odd files
     vectors = np.fromfile(
         store.embeddings_dir(mined["db"]) / f"{mined['embedder']}.f32", dtype="<f4"
     ).reshape(-1, mined["dim"])
