@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curate.dedup import (  # noqa: E402
     DEFAULT_K,
-    DEFAULT_THRESHOLD,
     group_near_duplicates,
     grouping_quality,
     threshold_sweep,
@@ -80,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--near-misses", type=int, help="planted near-miss pairs (default: n / 50)")
     parser.add_argument("--copy-cosine", type=float, nargs=2, default=(0.96, 0.995))
     parser.add_argument("--miss-cosine", type=float, nargs=2, default=(0.80, 0.93))
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    # between the planted near misses (<= 0.93) and copies (>= 0.96): recall then measures the search
+    parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--k", type=int, default=DEFAULT_K)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sweep", action="store_true", help="also print a threshold sweep")

@@ -26,10 +26,13 @@ from curate.embeddings import l2_normalize
 from curate.vector_index import IVF_TRAIN_POINTS_PER_LIST, training_sample
 from wood_train.progress import progress, progress_enabled
 
-# Cosine similarity at or above which two embeddings are near-duplicates. Chosen with
-# tune_threshold: see DEFAULT_THRESHOLD_SOURCE.
-DEFAULT_THRESHOLD = 0.95
-DEFAULT_THRESHOLD_SOURCE = "brief default; not yet tuned"
+# Cosine similarity at or above which two embeddings are near-duplicates: tune_threshold on the
+# default world's injected duplicates (300 JPEG re-encodes, resizes and 3-8% crops among 1,400 pool
+# images; benches/dedup_threshold.py, false merges <= 1%) with the stored 6x6 thumbnail descriptor
+# ("thumb6"): 0.98 gives recall 0.87, false merges 0.004. A threshold is a property of the
+# embedder: on the same pool the classifier's GAP embeddings merge unrelated images at every
+# threshold (false merges > 0.99 from 0.80 to 0.995), so they cannot find near-duplicates at all.
+DEFAULT_THRESHOLD = 0.98
 DEFAULT_K = 16
 JOIN_EXACT_LIMIT = 20_000
 # cells = JOIN_CELLS_PER_SQRT_N * sqrt(N): balances the k-means cost (grows with cells) against

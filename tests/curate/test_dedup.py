@@ -76,7 +76,8 @@ def test_representative_is_highest_priority_then_smallest_key(planted):
     priority[2] = 0.8  # the cos-0.97 copy is the hardest of its group
     priority[5] = priority[6] = 0.5  # a tie between two chain members
     priority[4] = np.nan  # no score: lowest
-    rep = group_near_duplicates(planted, keys, priority).set_index("sha256").representative
+    groups = group_near_duplicates(planted, keys, priority, threshold=0.95)
+    rep = groups.set_index("sha256").representative
     assert rep[keys[0]] == rep[keys[1]] == keys[2]
     assert rep[keys[4]] == keys[5]  # keys[5] < keys[6]
 
