@@ -17,10 +17,12 @@ trainer's config exposes each one as a field.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 # WOOD_SPEC section 3: only the nearest fifth of (sample, centre) pairs is pushed away.
 DEFAULT_QUANTILE = 0.2
@@ -67,25 +69,40 @@ def pairwise_distances(
                = \sqrt{z_b^\top P z_b - 2\, z_b^\top P p_m + p_m^\top P p_m}
 
     with :math:`P = I` for ``"euclidean"`` and the shared precision matrix for ``"mahalanobis"``
-    (only its symmetric part matters). The expanded form is one (B, D) x (D, M) product instead
-    of a (B, M, D) difference tensor, which is what makes the loss cheap at D = 2048. The
-    expansion's rounding noise is about ``eps * (|z_b|^2 + |p_m|^2)``; a squared distance below
+    (only its symmetric part matters; it gets no gradient). The expanded form is one
+    (B, D) x (D, M) product instead of a (B, M, D) difference tensor, which is what makes the
+    loss cheap at D = 2048. The expansion's rounding noise is about ``eps * (|z_b|^2 + |p_m|^2)``; a squared distance below
     ``NOISE_ULPS * eps * (|z_b|^2 + |p_m|^2)`` counts as 0, with gradient 0 (never NaN). That
     floor is ~1e-7 of the norms in float64 and ~3e-3 of them in float32 (ResNet GAP features:
     norms ~40, class distances ~10, floor ~0.1).
     """
+    return _distances(z, points, _symmetric_precision(metric, precision, z.dtype))
+
+
+def _symmetric_precision(
+    metric: str, precision: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """None for Euclidean, else the symmetric part of the precision matrix (no gradient)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
-    if metric == "mahalanobis":
-        if precision is None:
-            raise ValueError("metric='mahalanobis' needs the shared precision matrix (D, D)")
-        precision = ((precision + precision.T) / 2).to(z.dtype)
-        z_p, points_p = z @ precision, points @ precision
-    else:
-        z_p, points_p = z, points
+    if metric == "euclidean":
+        return None
+    if precision is None:
+        raise ValueError("metric='mahalanobis' needs the shared precision matrix (D, D)")
+    return ((precision + precision.T) / 2).to(dtype).detach()
+
+
+def _distances(
+    z: torch.Tensor, points: torch.Tensor, precision: torch.Tensor | None
+) -> torch.Tensor:
+    """``pairwise_distances`` with P = ``precision`` (symmetric) or the identity (None)."""
+    z_p = z if precision is None else z @ precision
+    points_p = points if precision is None else points @ precision
     norms = (z_p * z).sum(dim=1, keepdim=True) + (points_p * points).sum(dim=1)[None, :]  # (B, M)
     squared = torch.addmm(norms, z_p, points.T, alpha=-2)
     above_noise = squared > NOISE_ULPS * torch.finfo(squared.dtype).eps * norms.detach()
+    if not squared.requires_grad:
+        return torch.where(above_noise, squared, 0.0).sqrt_()
     # the inner where keeps sqrt's derivative finite where the outer one returns 0
     return torch.where(above_noise, torch.where(above_noise, squared, 1.0).sqrt(), 0.0)
 
@@ -128,6 +145,52 @@ def _check_shapes(
         raise ValueError(f"precision must be (D, D) = ({dim}, {dim}), got {tuple(precision.shape)}")
 
 
+class _DistanceLoss(torch.autograd.Function):
+    r"""``L_dist`` with its gradient written out: the hot path of every W-OoD step.
+
+    Forward: distances :math:`d` (B, C + K) to the prototypes and centres, and weights
+    :math:`w` without gradient (:math:`+y_{bc}/BK` for the pulls, :math:`-[d^{ood}_{bk} < \tau]/BK`
+    for the pushes), so :math:`L = \sum w \odot d`. Backward, with :math:`v = w / d`
+    (0 where :math:`d = 0`):
+
+    .. math::
+
+        \frac{\partial L}{\partial z_b} = P \sum_m v_{bm} (z_b - p_m), \qquad
+        \frac{\partial L}{\partial p_m} = -P \sum_b v_{bm} (z_b - p_m)
+
+    one matrix product each, instead of autograd's walk through a dozen small operations.
+    """
+
+    @staticmethod
+    def forward(ctx, z, labels, points, precision, num_classes, quantile):
+        distances = _distances(z, points, precision)  # (B, C + K): d_fg | d_ood
+        d_ood = distances[:, num_classes:]
+        tau = nonzero_quantile(d_ood, quantile)
+        near = (d_ood < tau).to(z.dtype)
+        # both means share the divisor B*K: mean(d_fg) * C/K = sum(y * d_fg) / (B*K)
+        weights = torch.cat([labels, -near], dim=1).div_(z.shape[0] * d_ood.shape[1])
+        terms = distances * weights
+        pull, push = terms[:, :num_classes].sum(), -terms[:, num_classes:].sum()
+        ctx.save_for_backward(z, points, precision, distances, weights)
+        outputs = (pull - push, pull, push, tau, near.mean())
+        ctx.mark_non_differentiable(*outputs[1:])
+        return outputs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, *_):
+        z, points, precision, distances, weights = ctx.saved_tensors
+        v = torch.where(distances > 0, weights / distances, 0.0).mul_(grad_loss)
+        grad_z = grad_points = None
+        if ctx.needs_input_grad[0]:
+            grad_z = z * v.sum(dim=1, keepdim=True) - v @ points
+            grad_z = grad_z if precision is None else grad_z @ precision
+        if ctx.needs_input_grad[2]:
+            grad_points = points * v.sum(dim=0)[:, None] - v.T @ z
+            grad_points = grad_points if precision is None else grad_points @ precision
+        return grad_z, None, grad_points, None, None, None
+
+
 def distance_loss(
     z: torch.Tensor,
     labels: torch.Tensor,
@@ -158,7 +221,9 @@ def distance_loss(
     otherwise. Entries equal to ``tau`` are not pushed (strict ``<``).
     A sample with no labels contributes zeros to the first mean (it still counts in ``B*C``).
     Distances are computed in float32 or wider with autocast off (bf16 would drown them in
-    rounding noise), so the loss can be called inside an autocast region.
+    rounding noise), so the loss can be called inside an autocast region. The gradient is
+    written out (``_DistanceLoss``, one matrix product); it reaches ``z``, the prototypes and
+    the centres, not the precision matrix, and cannot be differentiated twice.
 
     Parameters
     ----------
@@ -192,29 +257,14 @@ def distance_loss(
     _check_shapes(z, labels, prototypes, ood_centers, precision)
     # the expanded distances need at least float32: no bf16/fp16, even under autocast
     dtype = torch.promote_types(z.dtype, torch.float32)
-    z, labels = z.to(dtype), labels.to(dtype)
-    num_classes, num_centers = prototypes.shape[0], ood_centers.shape[0]
-
+    precision = _symmetric_precision(metric, precision, dtype)
     points = torch.cat([prototypes, ood_centers]).to(dtype)
-    with torch.autocast(z.device.type, enabled=False):
-        distances = pairwise_distances(z, points, metric, precision)  # (B, C + K): d_fg | d_ood
-
-    # Both means share the divisor B*K (mean(d_fg) * C/K = sum(y * d_fg) / (B*K)), so each term is
-    # a weighted sum: +y for the pulls, -[d_ood < tau] for the pushes (weights carry no gradient).
-    with torch.no_grad():
-        d_ood = distances[:, num_classes:]
-        tau = nonzero_quantile(d_ood, quantile)
-        near = (d_ood < tau).to(z.dtype)
-        weights = torch.cat([labels, -near], dim=1) / (z.shape[0] * num_centers)
-    terms = distances * weights
-    loss = terms.sum()
-    with torch.no_grad():
-        stats = {
-            "pull": terms[:, :num_classes].sum(),
-            "push": -terms[:, num_classes:].sum(),
-            "tau": tau,
-            "pushed_fraction": near.mean(),
-        }
+    autocast_off = torch.autocast(z.device.type, enabled=False)
+    with autocast_off if torch.is_autocast_enabled(z.device.type) else nullcontext():
+        loss, pull, push, tau, pushed = _DistanceLoss.apply(
+            z.to(dtype), labels.to(dtype), points, precision, prototypes.shape[0], quantile
+        )
+    stats = {"pull": pull, "push": push, "tau": tau, "pushed_fraction": pushed}
     return loss, stats
 
 

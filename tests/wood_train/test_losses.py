@@ -13,6 +13,7 @@ from wood_train.losses import (
     keep_mask,
     nonzero_quantile,
     ood_loss,
+    pairwise_distances,
 )
 from wood_train.model import build_cam_net
 
@@ -144,6 +145,29 @@ def test_distance_loss_matches_loop_values_and_gradients(metric, quantile, seed)
         assert_close(got, want)
     pairs = z.shape[0] * centers.shape[0]
     assert abs(stats["pushed_fraction"].item() - quantile) <= 1 / pairs + 1e-6
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "mahalanobis"])
+def test_pairwise_distances_match_loop_with_gradients(metric):
+    z, _, prototypes, _, precision = random_problem(6)
+    z = z.detach().clone()
+    z[0] = prototypes[1]  # one zero distance: value 0, gradient 0
+    z.requires_grad_(True)
+    ours = pairwise_distances(z, prototypes, metric, precision)
+    ref = torch.stack(
+        [
+            torch.stack([loop_distance(z[b], p, metric, precision) for p in prototypes])
+            for b in range(5)
+        ]
+    )
+    assert_close(ours, ref)
+    assert ours[0, 1].item() == 0.0
+    weights = torch.rand(ours.shape, dtype=ours.dtype)
+    weights[0, 1] = 0.0  # the loop's sqrt has no derivative at 0; ours gives 0 there
+    (got,) = torch.autograd.grad((ours * weights).sum(), z)
+    (want,) = torch.autograd.grad((ref * weights).nan_to_num().sum(), z)
+    assert torch.isfinite(got).all()
+    assert_close(got[1:], want[1:])
 
 
 @pytest.mark.parametrize("quantile", [0.2, 0.5, 0.77, 1.0])
