@@ -73,8 +73,8 @@ def pairwise_distances(
     (B, D) x (D, M) product instead of a (B, M, D) difference tensor, which is what makes the
     loss cheap at D = 2048. The expansion's rounding noise is about
     ``eps * (|z_b|^2 + |p_m|^2)``: a squared distance below ``NOISE_ULPS`` times that counts as 0,
-    with gradient 0 (never NaN). That floor is ~1e-7 of the norms in float64 and ~3e-3 of them in float32 (ResNet GAP features:
-    norms ~40, class distances ~10, floor ~0.1).
+    with gradient 0 (never NaN). That floor is ~1e-7 of the norms in float64 and ~3e-3 of them
+    in float32 (ResNet GAP features: norms ~40, class distances ~10, floor ~0.1).
     """
     return _distances(z, points, _symmetric_precision(metric, precision, z.dtype))
 
