@@ -170,9 +170,9 @@ class _DistanceLoss(torch.autograd.Function):
         # both means share the divisor B*K: mean(d_fg) * C/K = sum(y * d_fg) / (B*K)
         weights = torch.cat([labels, -near], dim=1).div_(z.shape[0] * d_ood.shape[1])
         terms = distances * weights
-        pull, push = terms[:, :num_classes].sum(), -terms[:, num_classes:].sum()
+        loss, pull = terms.sum(), terms[:, :num_classes].sum()
         ctx.save_for_backward(z, points, precision, distances, weights)
-        outputs = (pull - push, pull, push, tau, near.mean())
+        outputs = (loss, pull, pull - loss, tau, near.mean())
         ctx.mark_non_differentiable(*outputs[1:])
         return outputs
 
