@@ -9,7 +9,10 @@ one picture once.
 Scale: the pairs come from a self-join over an inverted file. Vectors are split into cells by
 k-means (faiss); each vector is compared, as one dense matrix product per cell, with the members
 of the ``JOIN_PROBES`` cells nearest to it, keeping at most ``k`` neighbours above the threshold.
-Up to ``JOIN_EXACT_LIMIT`` vectors every pair is compared.
+This is the probing of a faiss ``IndexIVFFlat`` search, but done as a matrix product per cell
+rather than a scan per query: for the self-join of a million 512-d vectors on 2 CPU cores it
+was faster than faiss's IVF search and, probing more cells in the same time, found more pairs
+(``benches/dedup_scale.py``). Up to ``JOIN_EXACT_LIMIT`` vectors every pair is compared.
 """
 
 from __future__ import annotations

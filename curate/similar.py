@@ -303,7 +303,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     table = find_similar(args.db, args.like, k=args.k, embedder=args.embedder)
-    shown = table.assign(sha256=table["sha256"].str[:12])
+    shown = table.assign(sha256=table["sha256"].str[:12], verdict=table["verdict"].fillna("-"))
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
