@@ -78,6 +78,18 @@ def build_model(config: TrainConfig, num_classes: int, device: torch.device):
     return model.to(device)
 
 
+# Settings that do not change the trained weights; a run moved to another folder is still reused.
+_NOT_IN_RUN_KEY = ("out_dir", "num_workers", "device", "log_every", "checkpoint_every")
+
+
+def _run_key(config: TrainConfig) -> str:
+    return cfg.config_hash(
+        cfg.replace(
+            config, **{k: TrainConfig.__dataclass_fields__[k].default for k in _NOT_IN_RUN_KEY}
+        )
+    )
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train per ``config``; returns the selected checkpoint. Safe to re-run: it resumes or reuses."""
     if config.voc_root is None:
@@ -88,7 +100,7 @@ def train(config: TrainConfig) -> TrainResult:
         device = torch.device("cuda", distributed.local_rank())
     out = Path(config.out_dir)
     final_path, last_path = out / "model.pt", out / "last.pt"
-    run_key = cfg.config_hash(config)
+    run_key = _run_key(config)
     if final_path.is_file() and read_checkpoint(final_path).get("run_key") == run_key:
         meta = read_checkpoint(final_path)
         return TrainResult(

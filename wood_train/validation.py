@@ -7,6 +7,8 @@ never the selection split.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -33,6 +35,7 @@ def validate(model, config, class_names: list[str], device, max_images: int = 20
     labels = load_image_labels(config.voc_root, ids, len(class_names))
     with_masks = _has_masks(config.voc_root, ids)
     sweep = ThresholdSweepConfusion(DEFAULT_THRESHOLDS, len(class_names) + 1)
+    cue_above, cue_total = np.zeros(len(sweep.thresholds), np.int64), 0
     was_training = model.training
     model.eval()
     scores = []
@@ -43,12 +46,23 @@ def validate(model, config, class_names: list[str], device, max_images: int = 20
         if with_masks:
             keys, high_res = compute_cam(model, [x], image.shape[:2], label)
             target = read_label_png(mask_path(config.voc_root, image_id))
-            sweep.update(target, *strongest_class(keys, high_res))
+            fg_class, fg_score = strongest_class(keys, high_res)
+            sweep.update(target, fg_class, fg_score)
+            cue_path = Path(config.voc_root) / "CueMasks" / f"{image_id}.png"
+            if (
+                cue_path.is_file()
+            ):  # spurious activation: cue pixels (ground-truth background) called foreground
+                cue = (read_label_png(cue_path) > 0) & (target == 0)
+                cue_above += sweep.count_above(fg_score[cue])
+                cue_total += int(cue.sum())
     model.train(was_training)
     val_map, _ = multilabel_average_precision(np.stack(scores), labels)
     metrics = {"val_map": float(val_map)}
     if with_masks:
-        miou = max(s.miou for s in sweep.compute())
-        metrics["val_cam_miou"] = float(miou)
-        metrics["selection_score"] = float(miou)
+        mious = [s.miou for s in sweep.compute()]
+        best = int(np.nanargmax(mious))
+        metrics["val_cam_miou"] = float(mious[best])
+        if cue_total:
+            metrics["val_spurious"] = float(cue_above[best] / cue_total)
+        metrics["selection_score"] = float(mious[best])
     return metrics
