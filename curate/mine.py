@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,8 +73,19 @@ def _check(config: MineConfig) -> None:
     for source in config.pool:
         if not Path(source).exists():
             raise FileNotFoundError(f"pool source not found: {source}")
-    if config.queue_size < 0 or config.batch_size < 1 or config.workers < 0:
+    if config.queue_size < 0 or config.batch_size < 1 or (config.workers or 0) < 0:
         raise ValueError("--queue-size, --batch-size and --workers must not be negative")
+
+
+def loader_workers(requested: int | None, device) -> int:
+    """DataLoader workers: as requested, else 0 on a CPU and up to 8 with a GPU.
+
+    On a CPU, reading and decoding are a few percent of a forward pass and a worker process would
+    compete with the forward's threads for the same cores (``benches/mine_throughput.py``).
+    """
+    if requested is not None:
+        return requested
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
 def queue_settings(config: MineConfig) -> QueueSettings:
@@ -93,58 +106,21 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
     _check(config)
     device = resolve_device(config.device)
     model, meta = load_cam_net(config.checkpoint, device)
-    checkpoint_sha = meta["weights_sha256"]
     class_names = list(meta["class_names"])
-    image_size = resolve_image_size(config.image_size, meta)
     db = store.open_store(config.db)
     with store.connect(db) as conn:
         store.ensure_classes(conn, class_names, source=str(config.checkpoint))
-    resolved = cfg.replace(config, image_size=image_size)
-    run_id = store.start_run(db, "mine", cfg.to_dict(resolved), checkpoint_sha)
+    config = cfg.replace(
+        config,
+        image_size=resolve_image_size(config.image_size, meta),
+        workers=loader_workers(config.workers, device),
+    )
+    run_id = store.start_run(db, "mine", cfg.to_dict(config), meta["weights_sha256"])
     counts: Counter = Counter()
     try:
-        fg_tags = foreground_tags(class_names, load_tag_map(config.tag_map))
-        tag_table = (
-            TagTable(config.tags_csv, config.path_column, config.tags_column)
-            if config.tags_csv
-            else None
-        )
-        for source in config.pool:
-            files = iter_pool(source, config.path_column, config.tags_column)
-            report = ingest_pool(db, files, fg_tags, run_id, tag_table, rehash=config.rehash)
-            counts.update({f"ingest_{k}": v for k, v in report.counts.items()})
-            log(f"{report.summary()}  [{source}]")
-            for problem in report.problems:
-                log(f"  cannot read: {problem}")
-
-        clip, clip_name = None, None
-        if config.embedder == "open_clip":
-            from curate.embeddings import OpenClipEmbedder
-
-            clip = OpenClipEmbedder(config.clip_model, config.clip_checkpoint, device)
-            clip_name = clip.name
-        scorer = Scorer(model, checkpoint_sha, class_names, image_size, device, clip, clip_name)
-        report = score_pool(db, scorer, run_id, config.hardness, config.heatmap_size,
-                            config.batch_size, config.workers, config.amp)  # fmt: skip
-        counts.update({f"score_{k.replace(':', '_')}": v for k, v in report.counts.items()})
-        log(report.summary())
-        for problem in report.problems:
-            log(f"  {problem}")
-        rescore_hardness(db, checkpoint_sha, config.hardness, len(class_names))
-
-        if clip is None:
-            embedder, dim = scorer.classifier_embedder, model.feature_dim
-        else:
-            embedder, dim = clip_name, _clip_dim(clip)
-        queue = build_queue(db, checkpoint_sha, embedder, dim, run_id, queue_settings(config))
-        counts["queue"] = len(queue)
-        groups = _group_stats(db)
-        counts.update(groups)
-        log(
-            f"dedup: {groups['dup_groups']} near-duplicate groups covering "
-            f"{groups['dup_members']} images (threshold {config.dup_threshold})"
-        )
-        log(f"queue: {len(queue)} images ranked ({_class_mix(queue)})")
+        _ingest_step(db, config, class_names, run_id, counts, log)
+        scorer = _score_step(db, config, model, meta, device, run_id, counts, log)
+        queue = _queue_step(db, config, scorer, run_id, counts, log)
         bad = bad_reason_counts(db)
         log("bad images: " + (", ".join(f"{k} {v}" for k, v in bad.items()) or "none"))
     except KeyboardInterrupt:
@@ -155,6 +131,62 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
         raise
     store.finish_run(db, run_id, "done", dict(counts))
     return MineResult(run_id, db, dict(counts), bad, queue)
+
+
+def _ingest_step(db, config: MineConfig, class_names, run_id, counts, log) -> None:
+    fg_tags = foreground_tags(class_names, load_tag_map(config.tag_map))
+    tag_table = None
+    if config.tags_csv:
+        tag_table = TagTable(config.tags_csv, config.path_column, config.tags_column)
+    for source in config.pool:
+        started = time.perf_counter()
+        files = iter_pool(source, config.path_column, config.tags_column)
+        report = ingest_pool(db, files, fg_tags, run_id, tag_table, rehash=config.rehash)
+        counts.update({f"ingest_{k}": v for k, v in report.counts.items()})
+        log(f"{report.summary()}  [{source}, {time.perf_counter() - started:.1f} s]")
+        for problem in report.problems:
+            log(f"  cannot read: {problem}")
+
+
+def _score_step(db, config: MineConfig, model, meta, device, run_id, counts, log) -> Scorer:
+    started = time.perf_counter()
+    clip, clip_name = None, None
+    if config.embedder == "open_clip":
+        from curate.embeddings import OpenClipEmbedder
+
+        clip = OpenClipEmbedder(config.clip_model, config.clip_checkpoint, device)
+        clip_name = clip.name
+    scorer = Scorer(model, meta["weights_sha256"], list(meta["class_names"]), config.image_size,
+                    device, clip, clip_name)  # fmt: skip
+    report = score_pool(db, scorer, run_id, config.hardness, config.heatmap_size,
+                        config.batch_size, config.workers, config.amp)  # fmt: skip
+    seconds = time.perf_counter() - started
+    counts.update({f"score_{k.replace(':', '_')}": v for k, v in report.counts.items()})
+    rate = f", {report.counts['scored'] / seconds:.1f} img/s" if report.counts["scored"] else ""
+    log(f"{report.summary()}  [{seconds:.1f} s{rate}]")
+    for problem in report.problems:
+        log(f"  {problem}")
+    rescore_hardness(db, scorer.checkpoint_sha256, config.hardness, len(scorer.class_names))
+    return scorer
+
+
+def _queue_step(db, config: MineConfig, scorer: Scorer, run_id, counts, log) -> pd.DataFrame:
+    started = time.perf_counter()
+    if scorer.clip is None:
+        embedder, dim = scorer.classifier_embedder, scorer.model.feature_dim
+    else:
+        embedder, dim = scorer.clip_embedder, _clip_dim(scorer.clip)
+    queue = build_queue(db, scorer.checkpoint_sha256, embedder, dim, run_id, queue_settings(config))
+    counts["queue"] = len(queue)
+    groups = _group_stats(db)
+    counts.update(groups)
+    log(
+        f"dedup: {groups['dup_groups']} near-duplicate groups covering "
+        f"{groups['dup_members']} images (threshold {config.dup_threshold})"
+    )
+    log(f"queue: {len(queue)} images ranked ({_class_mix(queue)})  "
+        f"[{time.perf_counter() - started:.1f} s]")  # fmt: skip
+    return queue
 
 
 def _clip_dim(clip) -> int:

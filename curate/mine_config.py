@@ -36,7 +36,7 @@ class MineConfig:
     hardness: str = _f("probability", "probability (top-class sigmoid) | energy (see scoring.py)")
     heatmap_size: int = _f(32, "side of the stored top-class CAM heatmap")
     batch_size: int = _f(64, "images per forward pass")
-    workers: int = _f(1, "DataLoader worker processes that read and decode")
+    workers: int | None = _f(None, "DataLoader processes that read and decode; none = auto (0 CPU)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = _f(True, "bf16/fp16 autocast on CUDA")
     embedder: str = _f("classifier", "classifier (L2-normalised GAP feature) | open_clip")
@@ -46,7 +46,7 @@ class MineConfig:
     # queue (curate.queue)
     queue_size: int = _f(1000, "images in the review queue")
     min_hardness: float = _f(0.5, "candidates below this hardness_score stay out of the queue")
-    dup_threshold: float = _f(0.96, "aligned similarity at which two images are near duplicates")
+    dup_threshold: float = _f(0.98, "aligned similarity at which two images are near duplicates")
     dup_candidate_threshold: float = _f(0.90, "thumbnail cosine for a pair to be checked at all")
     clusters_per_class: int = _f(20, "K-means clusters within each top class (diversity)")
     hardness_tier: float = _f(
@@ -60,6 +60,6 @@ class MineConfig:
 
 PRESETS: dict[str, MineConfig] = {
     "default": MineConfig(),
-    "world": MineConfig(image_size=64, batch_size=64, workers=1, clusters_per_class=8),
+    "world": MineConfig(image_size=64, batch_size=64, clusters_per_class=8),
     "voc12": MineConfig(image_size=448, batch_size=32, workers=4, queue_size=5000),
 }

@@ -97,14 +97,23 @@ def score_batch(model, x: torch.Tensor, valid: list[tuple[int, int]], heatmap_si
     weights_top = weight.flatten(1)[top_class]  # (B, D)
     cams = F.relu(torch.einsum("bdhw,bd->bhw", feats.float(), weights_top))
     image_size = x.shape[-1]
-    heatmaps = np.empty((len(valid), heatmap_size, heatmap_size), dtype=np.uint8)
-    for b, (valid_h, valid_w) in enumerate(valid):
-        rows = max(1, math.ceil(valid_h / image_size * cams.shape[1]))
-        cols = max(1, math.ceil(valid_w / image_size * cams.shape[2]))
-        cam = cams[b, :rows, :cols][None, None]
-        cam = F.interpolate(cam, size=(heatmap_size, heatmap_size), mode="bilinear")[0, 0]
-        cam = cam / (cam.max() + 1e-5)
-        heatmaps[b] = (cam.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    # the CAM cells that cover the image itself (not its padding), batched per shape
+    cells = [
+        (
+            max(1, math.ceil(h / image_size * cams.shape[1])),
+            max(1, math.ceil(w / image_size * cams.shape[2])),
+        )
+        for h, w in valid
+    ]
+    heat = torch.empty(len(valid), heatmap_size, heatmap_size, device=cams.device)
+    for rows, cols in set(cells):
+        members = [b for b, shape in enumerate(cells) if shape == (rows, cols)]
+        crop = cams[members, :rows, :cols][:, None]
+        heat[members] = F.interpolate(crop, size=(heatmap_size, heatmap_size), mode="bilinear")[
+            :, 0
+        ]
+    heat = heat / (heat.amax(dim=(1, 2), keepdim=True) + 1e-5)
+    heatmaps = (heat.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     return {
         "probs": probs.cpu().numpy(),
         "top_class": top_class.cpu().numpy(),

@@ -85,7 +85,9 @@ def test_mine_end_to_end_reports_each_step_and_every_bad_reason(tmp_path, checkp
         run = dict(conn.execute("SELECT * FROM runs").fetchone())
     assert run["status"] == "done" and run["command"] == "mine" and run["ended_at"]
     assert run["checkpoint_sha256"] == _ck_sha(checkpoint)
-    assert json.loads(run["config_json"])["image_size"] == 32  # resolved from the checkpoint
+    resolved = json.loads(run["config_json"])
+    assert resolved["image_size"] == 32  # from the checkpoint's training crop
+    assert resolved["workers"] == 0 and resolved["pool"] == [str(pool)]
     counts = json.loads(run["counts_json"])
     assert counts["score_scored"] == 13 and counts["queue"] == 6
     frame = queue_frame(result.db)
@@ -255,6 +257,16 @@ def test_cli_options_map_onto_the_config():
     assert config.expand_from_verdicts is True and config.amp is False and config.rehash is False
     assert config.min_hardness == 0.7 and config.hardness == "energy"
     assert config_from_args(_parse([])) == MineConfig()
+
+
+def test_loader_workers_default_to_none_on_a_cpu():
+    import torch
+
+    from curate.mine import loader_workers
+
+    assert loader_workers(None, torch.device("cpu")) == 0
+    assert loader_workers(3, torch.device("cpu")) == 3
+    assert 1 <= loader_workers(None, torch.device("cuda")) <= 8
 
 
 def test_cli_runs_mine_and_prints_the_summary(tmp_path, checkpoint, capsys):
