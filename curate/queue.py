@@ -49,14 +49,22 @@ def load_candidates(db_path: str | Path, checkpoint_sha256: str) -> pd.DataFrame
     """Scored ok images with at least one path: sha256, top_class, top_score, hardness_score, ..."""
     with store.connect(db_path) as conn:
         rows = conn.execute(
-            "SELECT s.sha256, s.top_class, s.top_score, s.hardness_score, s.clip_fg_score "
+            "SELECT s.sha256, s.top_class, s.top_score, s.hardness_score, s.energy_score, "
+            "s.clip_fg_score "
             "FROM scores s JOIN images i ON i.sha256 = s.sha256 "
             "WHERE s.checkpoint_sha256 = ? AND i.status = 'ok' "
             "AND EXISTS (SELECT 1 FROM image_paths p WHERE p.sha256 = s.sha256) "
             "ORDER BY s.sha256",
             (checkpoint_sha256,),
         ).fetchall()
-    columns = ["sha256", "top_class", "top_score", "hardness_score", "clip_fg_score"]
+    columns = [
+        "sha256",
+        "top_class",
+        "top_score",
+        "hardness_score",
+        "energy_score",
+        "clip_fg_score",
+    ]
     return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
 

@@ -25,23 +25,23 @@ import pandas as pd
 
 
 def renumber_clusters(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per top class, number clusters 1..K by their hardest member; add ``cluster_rank``/``n_clusters``."""
+    """Per top class, number clusters 1..K by their hardest member; add ``cluster_rank``/``n_clusters``.
+
+    Hardness ties (probabilities saturate at 1.0) are broken by ``energy_score`` when present.
+    """
     frame = frame.copy()
-    best = frame.groupby(["top_class", "cluster"])["hardness_score"].transform("max")
-    order = frame.assign(_best=best).sort_values(
-        ["top_class", "_best", "cluster"], ascending=[True, False, True]
+    frame["_tie"] = frame["energy_score"].astype(float) if "energy_score" in frame else 0.0
+    ordered = frame.sort_values(
+        ["hardness_score", "_tie", "sha256"], ascending=[False, False, True]
     )
+    frame["cluster_rank"] = ordered.groupby(["top_class", "cluster"]).cumcount()
     numbering = {}
-    for top_class, group in order.groupby("top_class", sort=False):
-        for number, cluster in enumerate(dict.fromkeys(group["cluster"]), start=1):
+    first_members = ordered.drop_duplicates(["top_class", "cluster"])
+    for top_class, group in first_members.groupby("top_class", sort=False):
+        for number, cluster in enumerate(group["cluster"], start=1):
             numbering[(top_class, cluster)] = number
     frame["cluster"] = [numbering[k] for k in zip(frame["top_class"], frame["cluster"])]
     frame["n_clusters"] = frame.groupby("top_class")["cluster"].transform("max")
-    frame["cluster_rank"] = (
-        frame.sort_values(["hardness_score", "sha256"], ascending=[False, True])
-        .groupby(["top_class", "cluster"])
-        .cumcount()
-    )
     return frame
 
 
@@ -89,7 +89,8 @@ def order_candidates(
     frame["rank_key"] = key
     frame["tier"] = hardness_tiers(key.to_numpy(), hardness_tier)
     frame = frame.sort_values(
-        ["tier", "cluster_rank", "rank_key", "sha256"], ascending=[False, True, False, True]
+        ["tier", "cluster_rank", "rank_key", "_tie", "sha256"],
+        ascending=[False, True, False, False, True],
     )
     quota = max(1, math.ceil(max_class_share * queue_size))
     taken: dict[int, int] = {}
@@ -100,7 +101,7 @@ def order_candidates(
             first.append(index)
         else:
             deferred.append(index)
-    ordered = frame.loc[first + deferred].head(queue_size).copy()
+    ordered = frame.loc[first + deferred].head(queue_size).drop(columns="_tie")
     ordered["over_quota"] = np.isin(ordered.index, deferred)
     ordered["rank"] = np.arange(1, len(ordered) + 1)
     return ordered.reset_index(drop=True)

@@ -88,6 +88,14 @@ def test_clusters_are_numbered_from_the_hardest_within_each_class():
     assert numbered.loc[["a", "b", "c"], "cluster_rank"].tolist() == [1, 0, 0]
 
 
+def test_saturated_probabilities_are_ordered_by_energy():
+    frame = _frame([("a", 0, 1.0, 0), ("b", 0, 1.0, 0), ("c", 1, 1.0, 5)])
+    frame["energy_score"] = [17.0, 25.0, 20.0]
+    ranked = order_candidates(frame, 10, max_class_share=1.0)
+    assert ranked["sha256"].tolist() == ["b", "c", "a"]  # b, c lead their clusters; a is second
+    assert "_tie" not in ranked
+
+
 def test_clip_foreground_score_pushes_a_candidate_down():
     frame = _frame([("a", 0, 0.95, 0), ("b", 1, 0.90, 0)]).assign(clip_fg_score=[0.9, 0.1])
     assert order_candidates(frame, 10, 1.0, 1.0)["sha256"].tolist() == ["a", "b"]
