@@ -42,7 +42,7 @@ class DemoConfig:
     manifest_dir: Path = _f(Path("data_manifests/demo-world"), "where the exported manifest goes")
     world_preset: str = _f("default", "spurious-cue world preset: default | tiny")
     baseline_epochs: int = _f(6, "baseline training epochs")
-    wood_epochs: int = _f(4, "W-OoD training epochs (from the baseline weights)")
+    wood_epochs: int = _f(2, "W-OoD training epochs (from the baseline weights)")
     queue_size: int = _f(400, "review queue length")
     error_rate: float = _f(0.03, "simulated annotators: probability a verdict is wrong")
     seconds_per_verdict: float = _f(1.1, "simulated annotators: median seconds per verdict")
@@ -51,6 +51,9 @@ class DemoConfig:
     )
     eval_split: str = _f("train", "split the CAM seeds are evaluated on (VOC standard: train)")
     num_centers: int = _f(20, "K-means centres of the hard-OoD features")
+    wood_lr: float = _f(
+        0.002, "W-OoD learning rate (continues from the baseline, so lower than its 0.01)"
+    )
     seed: int = _f(0, "seed of training and the simulated annotators")
     tiny: bool = _f(False, "tiny world and few steps (the end-to-end test)")
 
@@ -176,7 +179,7 @@ def run_demo(config: DemoConfig, log=print) -> Path:
     wood_cfg = _train_config(
         config, ws, "wood", epochs=1 if config.tiny else config.wood_epochs, init_checkpoint=baseline.checkpoint,
         ood_manifest=ws.manifest_dir, frozen_bn=True, num_centers=3 if config.tiny else config.num_centers,
-        lr=base_cfg.lr * 0.2,
+        lr=config.wood_lr,
     )  # fmt: skip
     wood = train(wood_cfg)
     log(f"[wood] {wood.checkpoint} val {_fmt(wood.val_metrics)}")

@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ class TrainResult:
     selected_epoch: int
     val_metrics: dict
     seconds: float
-    model: torch.nn.Module | None = None  # this process's weights at the end (every DDP rank)
+    model: torch.nn.Module | None = field(default=None, repr=False)  # this rank's final weights
 
 
 def resolve_device(name: str) -> torch.device:
