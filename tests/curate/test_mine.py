@@ -145,6 +145,25 @@ def test_tags_exclude_foreground_images_before_scoring(tmp_path, checkpoint):
     assert _counts(result.db, "SELECT COUNT(*) FROM scores") == 3
 
 
+@pytest.mark.parametrize("error, status", [(KeyboardInterrupt, "interrupted"), (OSError, "failed")])
+def test_a_run_that_stops_early_is_recorded_with_its_status(
+    tmp_path, checkpoint, monkeypatch, error, status
+):
+    pool = _pool(tmp_path / "pool", per_class=1, noise=0)
+
+    def stop(*args, **kwargs):
+        raise error("disk full" if error is OSError else "")
+
+    monkeypatch.setattr(mine_module, "build_queue", stop)
+    with pytest.raises(error):
+        mine(_config(tmp_path, checkpoint, pool), log=lambda _: None)
+    with store.connect(tmp_path / "c.db") as conn:
+        run = conn.execute("SELECT status, ended_at, counts_json FROM runs").fetchone()
+        n_scores = conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+    assert run["status"] == status and run["ended_at"]
+    assert json.loads(run["counts_json"])["score_scored"] == 3 == n_scores  # nothing lost
+
+
 def test_bad_settings_fail_before_any_work(tmp_path, checkpoint):
     pool = _pool(tmp_path / "pool", per_class=1, noise=0)
     with pytest.raises(ValueError, match="needs --checkpoint"):
