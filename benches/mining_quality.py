@@ -1,7 +1,8 @@
 """How well `hardood mine` finds the hard OoDs of the spurious-cue world, and groups its duplicates.
 
 Generates the default world (if missing), gets a baseline classifier (``--checkpoint``, else
-``hardood train`` with the world preset, else ``train_quick_baseline`` below), runs ``mine`` over
+``hardood train`` with the world preset, reused when already trained, or with ``--trainer quick``
+the small stand-in ``train_quick_baseline`` below), runs ``mine`` over
 the whole pool with every image ranked, then reads the pool truth (mining never does) and prints:
 
 - M = hard OoDs + contaminated images in the pool after collapsing the injected duplicates, and
@@ -163,7 +164,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path("runs/benches"))
     parser.add_argument("--checkpoint", type=Path, default=None, help="baseline to mine with")
-    parser.add_argument("--trainer", choices=("hardood", "quick"), default="quick",
+    parser.add_argument("--trainer", choices=("hardood", "quick"), default="hardood",
                         help="how to get a baseline without --checkpoint")  # fmt: skip
     parser.add_argument("--dup-threshold", type=float, default=None)
     parser.add_argument("--workers", type=int, default=None)
