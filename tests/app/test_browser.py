@@ -21,6 +21,7 @@ from tests.app.browser_helpers import (
     serve,
     sign_in,
     wait_grid,
+    wait_idle,
     wait_single,
 )
 from tests.curate.review_fixtures import build_review_store
@@ -95,9 +96,12 @@ def test_keyboard_labelling_undo_and_export_round_trip(browser, tmp_path):
 
         sidebar = page.locator('[data-testid="stSidebar"]')
         sidebar.get_by_text("Export manifest").click()
-        sidebar.get_by_label("Name", exact=True).fill("browser_run")
+        name = sidebar.get_by_label("Name", exact=True)
+        name.fill("browser_run")
+        name.press("Enter")  # commit the text input (a rerun) before the button is pressed
+        wait_idle(page)
         sidebar.get_by_role("button", name="Export").click()
-        sidebar.get_by_text("Exported 44 images").wait_for(timeout=30_000)
+        sidebar.get_by_text("Exported 44 images").wait_for(timeout=60_000)
         page.close()
 
     assert len(planned) == 20 + 24
