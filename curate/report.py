@@ -241,9 +241,10 @@ the CAM seed labels as foreground: the error W-OoD exists to fix.
 
 {_md_table(per_class)}
 
-## The review queue (top 24)
+## The next round's review queue (top 24)
 
-{len(truth_contains)} pool images were scored; the queue ranks likely hard OoDs first.
+{len(truth_contains)} pool images were scored. After W-OoD training the pool was mined again with
+the new model. The store's queue now ranks what still fools it, reviewed images excluded.
 
 ![queue](fig_queue.png)
 
