@@ -150,7 +150,8 @@ def main() -> int:
         f"\nstarting baseline checkpoint: mIoU {base_scores['miou']:.3f}, spurious {base_scores['spurious']:.3f}"
     )
     print(
-        f"{args.seeds} seeds, {args.epochs} epochs per arm, {args.n_ood} OoD images, CAM scales {args.scales}\n"
+        f"{args.seeds} seeds, {args.epochs} epochs per arm, {args.n_ood} OoD images, CAM scales "
+        f"{args.scales} with flips, first {args.eval_images or 'all'} train images\n"
     )
     print("| arm | CAM mIoU | spurious-activation rate | train wall s |")
     print("|---|---|---|---|")
