@@ -65,9 +65,6 @@ class Workspace:
     root: Path
     manifest_dir: Path
 
-    def __getattr__(self, name):  # pragma: no cover - only for unknown names
-        raise AttributeError(name)
-
     @property
     def world(self) -> Path:
         return self.root / "world"

@@ -69,6 +69,16 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 
     return order[:usable][rank::world_size]
 
 
+def fixed_order_loader(
+    dataset, order: np.ndarray, batch_size: int, skip: int = 0, workers: int = 0
+):
+    """A DataLoader over full batches of ``order``, skipping the first ``skip`` (exact resume)."""
+    chunks = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=chunks[skip:], num_workers=workers, collate_fn=collate
+    )
+
+
 def collate(batch):
     images, labels, indices = zip(*batch)
     return torch.stack(images), torch.stack(labels), torch.as_tensor(indices)

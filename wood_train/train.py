@@ -15,14 +15,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from wood_train import config as cfg
 from wood_train import distributed
 from wood_train.checkpoint import load_cam_net, read_checkpoint, save_checkpoint
-from wood_train.datasets import collate, epoch_order, voc_classification_dataset
+from wood_train.datasets import epoch_order, fixed_order_loader, voc_classification_dataset
 from wood_train.model import build_cam_net
 from wood_train.progress import progress
 from wood_train.run_log import RunLog
@@ -48,16 +47,6 @@ def resolve_device(name: str) -> torch.device:
 
 def poly_lr(base: float, step: int, max_step: int, power: float) -> float:
     return base * (1 - step / max_step) ** power
-
-
-def _batches(dataset, order: np.ndarray, batch_size: int, skip: int, workers: int):
-    """Batches of a fixed sample order, skipping the first ``skip`` (resume mid-epoch)."""
-    chunks = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
-    sampler = chunks[skip:]
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate
-    )
-    return loader, len(chunks)
 
 
 def build_model(config: TrainConfig, num_classes: int, device: torch.device):
@@ -175,7 +164,7 @@ def train(config: TrainConfig) -> TrainResult:
         dataset.set_epoch(epoch)
         order = epoch_order(len(dataset), config.seed, epoch, rank, world_size)
         skip = step - epoch * steps_per_epoch
-        loader, _ = _batches(dataset, order, config.batch_size, skip, config.num_workers)
+        loader = fixed_order_loader(dataset, order, config.batch_size, skip, config.num_workers)
         model.train()
         bar = progress(
             loader,

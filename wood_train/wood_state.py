@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from wood_train import distributed
-from wood_train.datasets import ImageListDataset, collate
+from wood_train.datasets import ImageListDataset, fixed_order_loader
 from wood_train.losses import adversarial_climb, distance_loss, keep_mask, ood_loss
 from wood_train.manifest import load_ood_list
 from wood_train.ood_centers import (
@@ -98,13 +98,7 @@ class WoodObjective:
             self.ood_dataset.set_epoch(100_000 + round_)
             order = np.random.default_rng([config.seed, round_, 104729]).permutation(n)
             order = np.resize(order, per_round * size) if n < size else order
-            chunks = [order[i : i + size] for i in range(0, per_round * size, size)][skip:]
-            loader = torch.utils.data.DataLoader(
-                self.ood_dataset,
-                batch_sampler=chunks,
-                num_workers=config.num_workers,
-                collate_fn=collate,
-            )
+            loader = fixed_order_loader(self.ood_dataset, order, size, skip, config.num_workers)
             yield from (images for images, _, _ in loader)
             round_, skip = round_ + 1, 0
 
