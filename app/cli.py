@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wood_train.imageio import ImageDecodeError
+from wood_train.data.imageio import ImageDecodeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app import annotate
+    from app.annotate import launch as annotate
     from curate import cli as curate_cli
     from wood_train import cli as wood_cli
 

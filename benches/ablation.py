@@ -33,17 +33,17 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.demo.simulated_annotators import truth_by_sha  # noqa: E402
 from curate.mine import mine  # noqa: E402
 from curate.mine_config import PRESETS as MINE_PRESETS  # noqa: E402
-from curate.queue import queue_frame  # noqa: E402
-from curate.simulated_annotators import truth_by_sha  # noqa: E402
+from curate.queue.build import queue_frame  # noqa: E402
 from wood_train import config as cfg  # noqa: E402
-from wood_train.cam import CamConfig, make_cams  # noqa: E402
-from wood_train.evaluate import evaluate_cams  # noqa: E402
+from wood_train.cam.evaluate import evaluate_cams  # noqa: E402
+from wood_train.cam.make import CamConfig, make_cams  # noqa: E402
+from wood_train.data.voc import read_split  # noqa: E402
 from wood_train.train import train  # noqa: E402
 from wood_train.train_config import PRESETS  # noqa: E402
-from wood_train.voc import read_split  # noqa: E402
-from wood_train.world import WORLD_PRESETS, generate_world, read_pool_truth  # noqa: E402
+from wood_train.world.generate import WORLD_PRESETS, generate_world, read_pool_truth  # noqa: E402
 
 ARMS = {
     "1 baseline, no OoD": dict(ood=None),

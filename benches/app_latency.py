@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from curate import review  # noqa: E402
+from curate.review import verdicts as review  # noqa: E402
 from tests.app.browser_helpers import (  # noqa: E402
     GRID_READY_JS,
     SINGLE_READY_JS,

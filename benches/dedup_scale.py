@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.dedup import (  # noqa: E402
+from curate.neighbours.near_pairs import (  # noqa: E402
     DEFAULT_K,
     group_near_duplicates,
     grouping_quality,

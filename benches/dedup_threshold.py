@@ -3,7 +3,7 @@
 The world's pool holds near-duplicates (JPEG re-encodes, 0.8-1.25x resizes, 3-8% crops) listed in
 ``truth/pool_truth.csv``. After ``hardood mine`` over that pool, this script reads the stored
 embeddings, labels each copy with its original and sweeps the cosine threshold of
-``curate.dedup.group_near_duplicates``:
+``curate.neighbours.near_pairs.group_near_duplicates``:
 
     hardood world --out world --n-pool-duplicates 300
     hardood train --preset world --voc-root world/VOC2012 --out-dir runs/world
@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curate import store  # noqa: E402
-from curate.dedup import DEFAULT_THRESHOLD, threshold_sweep, tune_threshold  # noqa: E402
-from curate.similar import resolve_embedder  # noqa: E402
-from curate.vector_index import EmbeddingFile  # noqa: E402
-from wood_train.world import read_pool_truth  # noqa: E402
+from curate.neighbours.near_pairs import DEFAULT_THRESHOLD, threshold_sweep, tune_threshold  # noqa: E402
+from curate.neighbours.similar import resolve_embedder  # noqa: E402
+from curate.neighbours.vector_index import EmbeddingFile  # noqa: E402
+from wood_train.world.generate import read_pool_truth  # noqa: E402
 
 
 def true_groups(db: Path, world: Path, keys: list[str]) -> list[str | None]:

@@ -30,13 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curate import store  # noqa: E402
+from curate.ingest.pool_sources import iter_pool  # noqa: E402
 from curate.mine import main as mine_main  # noqa: E402
-from curate.pool_sources import iter_pool  # noqa: E402
-from wood_train.checkpoint import load_cam_net, save_checkpoint  # noqa: E402
-from wood_train.imageio import read_image  # noqa: E402
-from wood_train.model import build_cam_net  # noqa: E402
-from wood_train.transforms import normalize_image, resize_long_side  # noqa: E402
-from wood_train.world import WORLD_PRESETS, find_world, generate_world  # noqa: E402
+from wood_train.data.imageio import read_image  # noqa: E402
+from wood_train.data.transforms import normalize_image, resize_long_side  # noqa: E402
+from wood_train.model.cam_net import build_cam_net  # noqa: E402
+from wood_train.model.checkpoint import load_cam_net, save_checkpoint  # noqa: E402
+from wood_train.world.generate import WORLD_PRESETS, find_world, generate_world  # noqa: E402
 
 
 def world_shaped_checkpoint(path: Path, num_classes: int = 4) -> Path:

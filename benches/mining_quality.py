@@ -29,32 +29,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curate import store  # noqa: E402
-from curate.dedup import grouping_quality, threshold_sweep  # noqa: E402
 from curate.mine import mine  # noqa: E402
 from curate.mine_config import PRESETS  # noqa: E402
-from curate.near_duplicates import (  # noqa: E402
+from curate.neighbours.near_duplicates import (  # noqa: E402
     DEFAULT_CANDIDATE_THRESHOLD,
     THUMB_DIM,
     THUMB_EMBEDDER,
     candidate_pairs,
     groups_from_pairs,
 )
-from curate.queue import first_paths, queue_frame  # noqa: E402
-from curate.vector_index import EmbeddingFile  # noqa: E402
+from curate.neighbours.near_pairs import grouping_quality, threshold_sweep  # noqa: E402
+from curate.neighbours.vector_index import EmbeddingFile  # noqa: E402
+from curate.queue.build import first_paths, queue_frame  # noqa: E402
 from wood_train.config import replace  # noqa: E402
-from wood_train.imageio import read_image  # noqa: E402
-from wood_train.world import WORLD_PRESETS, find_world, generate_world, read_pool_truth  # noqa: E402
+from wood_train.data.imageio import read_image  # noqa: E402
+from wood_train.world.generate import WORLD_PRESETS, find_world, generate_world, read_pool_truth  # noqa: E402
 
 POSITIVE_KINDS = ("hard_ood", "contaminated")
 
 
 def train_quick_baseline(voc_root: Path, out_path: Path, epochs: int = 6, seed: int = 0) -> Path:
     """A small resnet18 CAM classifier on the world's train split (stand-in for `hardood train`)."""
-    from wood_train.checkpoint import save_checkpoint
-    from wood_train.datasets import collate, voc_classification_dataset
-    from wood_train.model import build_cam_net
+    from wood_train.data.datasets import collate, voc_classification_dataset
+    from wood_train.data.transforms import TrainTransform
+    from wood_train.model.cam_net import build_cam_net
+    from wood_train.model.checkpoint import save_checkpoint
     from wood_train.progress import progress
-    from wood_train.transforms import TrainTransform
 
     torch.manual_seed(seed)
     transform = TrainTransform(resize_long=(56, 80), crop=64, hflip=True)

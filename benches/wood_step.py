@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from wood_train.losses import (
+from wood_train.model.cam_net import BACKBONES, build_cam_net
+from wood_train.wood.losses import (
     DEFAULT_CLIMB_EPS,
     DEFAULT_QUANTILE,
     adversarial_climb,
@@ -32,7 +33,6 @@ from wood_train.losses import (
     distance_loss,
     ood_loss,
 )
-from wood_train.model import BACKBONES, build_cam_net
 
 # WOOD_SPEC section 3 reference defaults
 DISTANCE_WEIGHT = 0.007

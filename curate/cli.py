@@ -6,7 +6,7 @@ import argparse
 
 from wood_train.cli import register as _register
 
-STAGES = ("curate.mine", "curate.queue", "curate.similar", "curate.export", "curate.demo")
+STAGES = ("curate.mine", "curate.queue.build", "curate.neighbours.similar", "curate.export.build", "app.demo.run")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from curate import store
-from curate.ingest import ingest_pool
+from curate.ingest.pool_sources import TagTable, foreground_tags, iter_pool, load_tag_map
+from curate.ingest.register import ingest_pool
 from curate.mine_config import EMBEDDERS, HARDNESS_MODES, PRESETS, MineConfig
-from curate.pool_sources import TagTable, foreground_tags, iter_pool, load_tag_map
-from curate.queue import QueueSettings, build_queue
-from curate.scoring import (
+from curate.queue.build import QueueSettings, build_queue
+from curate.score.scoring import (
     Scorer,
     rescore_hardness,
     resolve_device,
@@ -35,7 +35,7 @@ from curate.scoring import (
     score_pool,
 )
 from wood_train import config as cfg
-from wood_train.checkpoint import load_cam_net
+from wood_train.model.checkpoint import load_cam_net
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _score_step(db, config: MineConfig, model, meta, device, run_id, counts, log
     started = time.perf_counter()
     clip, clip_name = None, None
     if config.embedder == "open_clip":
-        from curate.embeddings import OpenClipEmbedder
+        from curate.score.clip import OpenClipEmbedder
 
         clip = OpenClipEmbedder(config.clip_model, config.clip_checkpoint, device)
         clip_name = clip.name

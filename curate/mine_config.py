@@ -43,7 +43,7 @@ class MineConfig:
     clip_model: str = _f("ViT-B-32", "open_clip model name (with --embedder open_clip)")
     clip_checkpoint: Path | None = _f(None, "local open_clip weights file (never downloaded)")
     clip_fg_weight: float = _f(0.0, "ranking penalty per unit of clip_fg_score (0 = off)")
-    # queue (curate.queue)
+    # queue (curate.queue.build)
     queue_size: int = _f(1000, "images in the review queue")
     min_hardness: float = _f(0.5, "candidates below this hardness_score stay out of the queue")
     dup_threshold: float = _f(0.98, "aligned similarity at which two images are near duplicates")

@@ -4,10 +4,10 @@ import json
 
 from PIL import Image
 
-from curate.demo import DemoConfig, run_demo
-from curate.report import TILE
-from wood_train.manifest import validate_manifest
-from wood_train.voc import read_class_names
+from app.demo.report import TILE
+from app.demo.run import DemoConfig, run_demo
+from wood_train.data.voc import read_class_names
+from wood_train.manifest.contract import validate_manifest
 
 
 def test_tiny_demo_end_to_end_and_rerun(tmp_path):

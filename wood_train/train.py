@@ -20,13 +20,13 @@ import torch.nn.functional as F
 
 from wood_train import config as cfg
 from wood_train import distributed
-from wood_train.checkpoint import load_cam_net, read_checkpoint, save_checkpoint
-from wood_train.datasets import epoch_order, fixed_order_loader, voc_classification_dataset
-from wood_train.model import build_cam_net
+from wood_train.data.datasets import epoch_order, fixed_order_loader, voc_classification_dataset
+from wood_train.data.transforms import TrainTransform
+from wood_train.model.cam_net import build_cam_net
+from wood_train.model.checkpoint import load_cam_net, read_checkpoint, save_checkpoint
 from wood_train.progress import progress
 from wood_train.run_log import RunLog
 from wood_train.train_config import PRESETS, TrainConfig
-from wood_train.transforms import TrainTransform
 
 
 @dataclass
@@ -128,7 +128,9 @@ def train(config: TrainConfig) -> TrainResult:
         step, start_epoch, best = resume["step"], resume["epoch"], resume["best"]
     wood = None
     if config.uses_ood:
-        from wood_train.wood_state import prepare_wood  # W-OoD only: faiss and the manifest reader
+        from wood_train.wood.objective import (
+            prepare_wood,  # W-OoD only: faiss and the manifest reader
+        )
 
         # on resume: the saved prototypes, centres and OoD stream position, not recomputed ones
         wood = prepare_wood(

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wood_train.cam import compute_cam
-from wood_train.evaluate import DEFAULT_THRESHOLDS, strongest_class
-from wood_train.imageio import read_image, read_label_png
-from wood_train.metrics import ThresholdSweepConfusion, multilabel_average_precision
-from wood_train.transforms import normalize_image
-from wood_train.voc import image_path, load_image_labels, mask_path, read_split
+from wood_train.cam.evaluate import DEFAULT_THRESHOLDS, strongest_class
+from wood_train.cam.make import compute_cam
+from wood_train.cam.metrics import ThresholdSweepConfusion, multilabel_average_precision
+from wood_train.data.imageio import read_image, read_label_png
+from wood_train.data.transforms import normalize_image
+from wood_train.data.voc import image_path, load_image_labels, mask_path, read_split
 
 
 def _has_masks(voc_root, ids) -> bool:

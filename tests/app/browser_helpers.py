@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.annotate import AnnotateConfig, streamlit_command
+from app.annotate.launch import AnnotateConfig, streamlit_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import annotate
-from app.annotate import AnnotateConfig, check_config, parse_app_args, streamlit_command
-from app.images import fit, overlay_cam, render_jpeg
+from app.annotate import launch as annotate
+from app.annotate.images import fit, overlay_cam, render_jpeg
+from app.annotate.launch import AnnotateConfig, check_config, parse_app_args, streamlit_command
 
 
 @pytest.fixture

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app import hotkeys
-from curate import review, store
+from app.annotate import hotkeys
+from curate import store
+from curate.review import verdicts as review
 from tests.curate.review_fixtures import build_review_store
-from wood_train.manifest import validate_manifest
+from wood_train.manifest.contract import validate_manifest
 
-SCRIPT = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
+SCRIPT = str(Path(__file__).resolve().parents[2] / "app" / "annotate" / "streamlit_app.py")
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wood_train.checkpoint import save_checkpoint
-from wood_train.model import build_cam_net
-from wood_train.transforms import normalize_image
+from wood_train.data.transforms import normalize_image
+from wood_train.model.cam_net import build_cam_net
+from wood_train.model.checkpoint import save_checkpoint
 
 SIZE = 32
 CLASS_NAMES = ["train", "boat", "bird"]

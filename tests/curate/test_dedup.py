@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from curate.dedup import (
+from curate.neighbours.near_pairs import (
     connected_components,
     group_near_duplicates,
     grouping_quality,
@@ -9,7 +9,7 @@ from curate.dedup import (
     threshold_sweep,
     tune_threshold,
 )
-from curate.embeddings import l2_normalize
+from curate.score.clip import l2_normalize
 
 
 def _unit(n, dim, seed):

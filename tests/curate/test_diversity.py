@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from curate.diversity import cluster_within_classes
-from curate.embeddings import l2_normalize
+from curate.neighbours.diversity import cluster_within_classes
+from curate.score.clip import l2_normalize
 
 
 def _blobs(centres, per_blob, rng, spread=0.05):

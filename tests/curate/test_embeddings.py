@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.embeddings import BACKGROUND_PROMPTS, OpenClipEmbedder, l2_normalize
+from curate.score.clip import BACKGROUND_PROMPTS, OpenClipEmbedder, l2_normalize
 
 TINY = "hardood-test-tiny-vit"
 TINY_CONFIG = {

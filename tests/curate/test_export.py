@@ -8,10 +8,11 @@ import shutil
 
 import pytest
 
-from curate import review, store
-from curate.export import OOD_LIST_NAME, add_cli, build_export, export_manifest, item_verdict
+from curate import store
+from curate.export.build import OOD_LIST_NAME, add_cli, build_export, export_manifest, item_verdict
+from curate.review import verdicts as review
 from tests.curate.review_fixtures import CHECKPOINT, CLASSES, build_review_store
-from wood_train.manifest import validate_manifest
+from wood_train.manifest.contract import validate_manifest
 
 # item index -> (annotator, verdict, seconds) votes
 VOTES = {

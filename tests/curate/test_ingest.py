@@ -8,8 +8,7 @@ import pytest
 from curate_fixtures import jpeg_bytes, noise_image
 
 from curate import store
-from curate.ingest import ingest_pool
-from curate.pool_sources import (
+from curate.ingest.pool_sources import (
     DEFAULT_TAG_MAP,
     PoolFile,
     TagTable,
@@ -18,6 +17,7 @@ from curate.pool_sources import (
     load_tag_map,
     split_tags,
 )
+from curate.ingest.register import ingest_pool
 
 VOC_FG = foreground_tags(["boat", "person", "sofa", "train"], load_tag_map())
 
@@ -116,7 +116,7 @@ def test_rerun_does_not_rehash_unchanged_files_and_picks_up_edits(tmp_path, db, 
     ingest_pool(db, iter_pool(pool), fg_tags={})
     (pool / "b.jpg").write_bytes(jpeg_bytes(noise_image(3), quality=60))  # a new size
     hashed = []
-    import curate.ingest as ingest_module
+    import curate.ingest.register as ingest_module
 
     real = ingest_module._hash_file
     monkeypatch.setattr(ingest_module, "_hash_file", lambda p: hashed.append(p.name) or real(p))

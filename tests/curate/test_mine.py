@@ -26,9 +26,9 @@ from curate_fixtures import (
 from curate import mine as mine_module
 from curate import store
 from curate.mine import MineConfig, config_from_args, mine
-from curate.near_duplicates import THUMB_EMBEDDER
-from curate.queue import queue_frame
-from curate.scoring import classifier_embedder_name
+from curate.neighbours.near_duplicates import THUMB_EMBEDDER
+from curate.queue.build import queue_frame
+from curate.score.scoring import classifier_embedder_name
 from wood_train.config import replace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def test_mine_end_to_end_reports_each_step_and_every_bad_reason(tmp_path, checkp
 
 
 def _ck_sha(path):
-    from wood_train.checkpoint import read_checkpoint
+    from wood_train.model.checkpoint import read_checkpoint
 
     return read_checkpoint(path)["weights_sha256"]
 
@@ -223,8 +223,8 @@ def tiny_clip(tmp_path_factory):
 def test_open_clip_embedder_adds_clip_scores_to_existing_rows(tmp_path, checkpoint, tiny_clip):
     from PIL import Image
 
-    from curate.embeddings import OpenClipEmbedder
-    from curate.vector_index import EmbeddingFile
+    from curate.neighbours.vector_index import EmbeddingFile
+    from curate.score.clip import OpenClipEmbedder
 
     pool = _pool(tmp_path / "pool", per_class=1, noise=1)
     mine(_config(tmp_path, checkpoint, pool), log=lambda _: None)
@@ -355,7 +355,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, checkpoint)
     # every stored row equals what one uninterrupted run computes
     clean = tmp_path / "clean.db"
     mine(replace(config, db=clean), log=lambda _: None)
-    from curate.vector_index import EmbeddingFile
+    from curate.neighbours.vector_index import EmbeddingFile
 
     with store.connect(db) as conn:
         shas = [r[0] for r in conn.execute("SELECT sha256 FROM scores ORDER BY sha256")]

@@ -22,21 +22,21 @@ from curate_fixtures import (
 )
 from PIL import Image
 
-from curate import queue as queue_module
 from curate import store
-from curate.ingest import ingest_pool
-from curate.near_duplicates import (
+from curate.ingest.pool_sources import iter_pool
+from curate.ingest.register import ingest_pool
+from curate.neighbours.near_duplicates import (
     DEFAULT_THRESHOLD,
     THUMB_EMBEDDER,
     aligned_similarity,
     group_near_duplicates,
     thumbnail_descriptor,
 )
-from curate.pool_sources import iter_pool
-from curate.queue import QueueSettings, build_queue, queue_frame
-from curate.ranking import order_candidates, reason_text, renumber_clusters
-from curate.scoring import Scorer, classifier_embedder_name, score_pool
-from wood_train.checkpoint import load_cam_net
+from curate.queue import build as queue_module
+from curate.queue.build import QueueSettings, build_queue, queue_frame
+from curate.queue.ranking import order_candidates, reason_text, renumber_clusters
+from curate.score.scoring import Scorer, classifier_embedder_name, score_pool
+from wood_train.model.checkpoint import load_cam_net
 
 # ---- ranking rules on planted candidate tables ---------------------------------------------
 

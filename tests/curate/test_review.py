@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curate import image_files, review, store
-from curate.agreement import cohen_kappa, fleiss_kappa
+from curate import store
+from curate.ingest import image_files
+from curate.review import verdicts as review
+from curate.review.agreement import cohen_kappa, fleiss_kappa
 from tests.curate.review_fixtures import CLASSES, build_review_store, cue_heatmap
 
 T0 = 1_700_000_000.0

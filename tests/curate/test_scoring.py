@@ -20,10 +20,10 @@ from curate_fixtures import (
 from PIL import Image
 
 from curate import store
-from curate.ingest import ingest_pool
-from curate.near_duplicates import THUMB_EMBEDDER
-from curate.pool_sources import iter_pool
-from curate.scoring import (
+from curate.ingest.pool_sources import iter_pool
+from curate.ingest.register import ingest_pool
+from curate.neighbours.near_duplicates import THUMB_EMBEDDER
+from curate.score.scoring import (
     VOC_CLASSES,
     Scorer,
     classifier_embedder_name,
@@ -32,8 +32,8 @@ from curate.scoring import (
     resolve_image_size,
     score_pool,
 )
-from wood_train.checkpoint import load_cam_net
-from wood_train.transforms import normalize_image
+from wood_train.data.transforms import normalize_image
+from wood_train.model.checkpoint import load_cam_net
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from curate import similar, store
-from curate.similar import _sha256_of_file, expand_from_verdicts, find_similar
-from curate.vector_index import EmbeddingFile
+from curate import store
+from curate.neighbours import similar
+from curate.neighbours.similar import _sha256_of_file, expand_from_verdicts, find_similar
+from curate.neighbours.vector_index import EmbeddingFile
 
 CHECKPOINT = "c0ffee" * 10 + "c0ff"
 EMBEDDER = f"classifier-{CHECKPOINT[:12]}"

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 
 from curate import store
-from curate.embeddings import l2_normalize
-from curate.vector_index import (
+from curate.neighbours.vector_index import (
     EmbeddingFile,
     build_index,
     gpu_available,
     ivf_list_count,
 )
+from curate.score.clip import l2_normalize
 
 
 def _unit(n, dim, seed=0):

@@ -1,6 +1,6 @@
 import pytest
 
-from wood_train.world import WORLD_PRESETS, generate_world
+from wood_train.world.generate import WORLD_PRESETS, generate_world
 
 
 @pytest.fixture(scope="session")

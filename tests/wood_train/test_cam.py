@@ -7,8 +7,9 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from wood_train import cam as cam_module
-from wood_train.cam import (
+from wood_train.cam import make as cam_module
+from wood_train.cam.evaluate import evaluate_cams
+from wood_train.cam.make import (
     CamConfig,
     CamInferenceDataset,
     compute_cam,
@@ -16,11 +17,10 @@ from wood_train.cam import (
     make_cams,
     save_cam,
 )
-from wood_train.checkpoint import save_checkpoint
-from wood_train.evaluate import evaluate_cams
-from wood_train.imageio import write_label_png
-from wood_train.model import build_cam_net
-from wood_train.transforms import normalize_image
+from wood_train.data.imageio import write_label_png
+from wood_train.data.transforms import normalize_image
+from wood_train.model.cam_net import build_cam_net
+from wood_train.model.checkpoint import save_checkpoint
 
 NAMES = ["train", "boat", "plane"]
 IDS = ["img0", "img1", "img2"]

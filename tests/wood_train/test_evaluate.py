@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from wood_train import evaluate
-from wood_train.cam import save_cam
-from wood_train.evaluate import evaluate_cams, format_table, seed_labels
-from wood_train.imageio import write_label_png
+from wood_train.cam import evaluate
+from wood_train.cam.evaluate import evaluate_cams, format_table, seed_labels
+from wood_train.cam.make import save_cam
+from wood_train.data.imageio import write_label_png
 
 SIZE = 24
 NAMES = ["train", "boat"]

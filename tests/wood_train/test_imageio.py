@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wood_train.imageio import (
+from wood_train.data.imageio import (
     ImageDecodeError,
     decode_image,
     read_image,

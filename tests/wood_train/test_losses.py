@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from wood_train.losses import (
+from wood_train.model.cam_net import build_cam_net
+from wood_train.wood.losses import (
     adversarial_climb,
     classification_loss,
     distance_loss,
@@ -15,7 +16,6 @@ from wood_train.losses import (
     ood_loss,
     pairwise_distances,
 )
-from wood_train.model import build_cam_net
 
 TOL = 1e-5
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wood_train.manifest import (
+from wood_train.manifest.contract import (
     COLUMNS,
     CSV_NAME,
     META_NAME,

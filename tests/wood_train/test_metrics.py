@@ -3,8 +3,8 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from wood_train.evaluate import seed_labels
-from wood_train.metrics import (
+from wood_train.cam.evaluate import seed_labels
+from wood_train.cam.metrics import (
     ConfusionMatrix,
     ConfusionMatrixStack,
     ThresholdSweepConfusion,

@@ -5,8 +5,8 @@ import torch
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
-from wood_train.checkpoint import load_cam_net, save_checkpoint
-from wood_train.model import build_cam_net
+from wood_train.model.cam_net import build_cam_net
+from wood_train.model.checkpoint import load_cam_net, save_checkpoint
 
 
 @pytest.mark.parametrize("backbone, dim", [("resnet18", 512), ("resnet50", 2048)])

@@ -6,9 +6,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from wood_train.imageio import ImageDecodeError
-from wood_train.model import build_cam_net
-from wood_train.ood_centers import (
+from wood_train.data.imageio import ImageDecodeError
+from wood_train.data.transforms import normalize_image
+from wood_train.model.cam_net import build_cam_net
+from wood_train.wood.ood_centers import (
     FeatureImageDataset,
     class_prototypes,
     extract_features,
@@ -16,7 +17,6 @@ from wood_train.ood_centers import (
     kmeans_centers,
     shared_precision,
 )
-from wood_train.transforms import normalize_image
 
 SIZE = 32
 

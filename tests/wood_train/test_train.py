@@ -12,10 +12,10 @@ import torch
 
 from wood_train import config as cfg
 from wood_train import train as train_module
-from wood_train.checkpoint import load_cam_net, read_checkpoint
+from wood_train.data.voc import read_class_names
+from wood_train.model.checkpoint import load_cam_net, read_checkpoint
 from wood_train.train import train
 from wood_train.train_config import PRESETS
-from wood_train.voc import read_class_names
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wood_train import voc
 from wood_train.config import load_yaml, replace
-from wood_train.imageio import read_image, read_label_png
-from wood_train.world import (
+from wood_train.data import voc
+from wood_train.data.imageio import read_image, read_label_png
+from wood_train.world.generate import (
     POOL_KINDS,
     WORLD_PRESETS,
     WorldConfig,

@@ -1,0 +1,159 @@
+"""``hardood annotate``: serve the review app (``app/annotate/streamlit_app.py``) for a curation store.
+
+    hardood annotate --db curation.db [--host 127.0.0.1] [--port 8501] [--password-env VAR]
+                     [--lease-seconds 300] [--overlap 1] [--grid-size 12] [--export-dir DIR]
+
+Streamlit runs headless, without usage statistics or opening a browser, on localhost unless told
+otherwise. Listening beyond localhost needs ``--password-env VAR``: the team's shared password is
+read from that environment variable (never from the command line, where ``ps`` would show it).
+This module stays free of Streamlit imports so the CLI starts fast; the app parses the same
+arguments with ``parse_app_args``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wood_train.config import add_config_args, overrides_from_args, replace
+
+APP_SCRIPT = Path(__file__).with_name("streamlit_app.py")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_GRID_SIZE = 48
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    """How the review app serves one store."""
+
+    db: Path | None = field(default=None, metadata={"help": "curation store (SQLite), required"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8501, metadata={"help": "port to listen on"})
+    password_env: str | None = field(
+        default=None,
+        metadata={
+            "help": "environment variable holding the team password (required off localhost)"
+        },
+    )
+    lease_seconds: float = field(
+        default=300.0, metadata={"help": "how long an item stays reserved for its annotator"}
+    )
+    overlap: int = field(default=1, metadata={"help": "independent verdicts per item (k)"})
+    grid_size: int = field(default=12, metadata={"help": "thumbnails per grid page"})
+    export_dir: Path = field(
+        default=Path("data_manifests"),
+        metadata={"help": "folder the app's Export button writes to"},
+    )
+
+
+def is_local_host(host: str) -> bool:
+    return host.strip("[]") in LOCAL_HOSTS
+
+
+def check_config(config: AnnotateConfig, environ: dict[str, str] | None = None) -> None:
+    """Raise a user-facing error if the app must not start with this config."""
+    environ = os.environ if environ is None else environ
+    if config.db is None:
+        raise ValueError("--db is required: the curation store to review")
+    if not Path(config.db).is_file():
+        raise FileNotFoundError(f"curation database not found: {config.db} (run `hardood mine`)")
+    if config.password_env is None and not is_local_host(config.host):
+        raise ValueError(
+            f"refusing to listen on {config.host} without a password: anyone who can reach it "
+            "could label images. Pass --password-env VAR (VAR holding the team password) or "
+            "keep --host 127.0.0.1"
+        )
+    if config.password_env is not None and not environ.get(config.password_env):
+        raise ValueError(
+            f"--password-env {config.password_env}: that environment variable is not set or empty"
+        )
+    if config.overlap < 1:
+        raise ValueError(f"--overlap must be at least 1, got {config.overlap}")
+    if not 1 <= config.grid_size <= MAX_GRID_SIZE:
+        raise ValueError(
+            f"--grid-size must be between 1 and {MAX_GRID_SIZE}, got {config.grid_size}"
+        )
+    if not config.lease_seconds > 0:
+        raise ValueError(f"--lease-seconds must be positive, got {config.lease_seconds}")
+    if not 0 < config.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {config.port}")
+
+
+def app_arguments(config: AnnotateConfig) -> list[str]:
+    """The script arguments that rebuild ``config`` inside the app (``parse_app_args``)."""
+    args = [
+        "--db", str(Path(config.db).resolve()),
+        "--host", config.host,
+        "--port", str(config.port),
+        "--lease-seconds", str(config.lease_seconds),
+        "--overlap", str(config.overlap),
+        "--grid-size", str(config.grid_size),
+        "--export-dir", str(Path(config.export_dir).resolve()),
+    ]  # fmt: skip
+    if config.password_env is not None:
+        args += ["--password-env", config.password_env]
+    return args
+
+
+def streamlit_command(config: AnnotateConfig) -> list[str]:
+    """``python -m streamlit run app/annotate/streamlit_app.py <server options> -- <app arguments>``."""
+    options = {
+        "server.address": config.host,
+        "server.port": str(config.port),
+        "server.headless": "true",
+        "browser.gatherUsageStats": "false",
+        "server.fileWatcherType": "none",
+        "server.runOnSave": "false",
+        "client.toolbarMode": "minimal",
+        # tracebacks stay in the server log when others can reach the app
+        "client.showErrorDetails": "full" if is_local_host(config.host) else "type",
+    }
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT)]
+    for name, value in options.items():
+        command += [f"--{name}", value]
+    if is_local_host(config.host):  # refuse other Host headers: no DNS rebinding onto localhost
+        for host in LOCAL_HOSTS:
+            command += ["--server.allowedHosts", host]
+    return command + ["--", *app_arguments(config)]
+
+
+def _parser(prog: str = "streamlit_app.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="the review app's own arguments")
+    add_config_args(parser, AnnotateConfig)
+    return parser
+
+
+def parse_app_args(argv: list[str]) -> AnnotateConfig:
+    """Parse the app's arguments (those after ``--`` of ``streamlit run``)."""
+    args = _parser().parse_args(argv)
+    return replace(AnnotateConfig(), **overrides_from_args(args, AnnotateConfig))
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "annotate",
+        help="serve the review app: label the queue as a team (grid and single views)",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_config_args(parser, AnnotateConfig)
+    parser.set_defaults(func=run_from_args)
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    config = replace(AnnotateConfig(), **overrides_from_args(args, AnnotateConfig))
+    check_config(config)
+    root = str(Path(__file__).resolve().parent.parent)  # so the script imports app/curate
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
+    print(
+        f"hardood annotate: reviewing {config.db} at http://{config.host}:{config.port} "
+        "(Ctrl+C stops; every verdict is already saved)",
+        flush=True,
+    )
+    return subprocess.run(streamlit_command(config), env=env).returncode

@@ -1,0 +1,373 @@
+"""The review queue: near-duplicate groups collapsed, ranked by hardness with diversity and quotas.
+
+``build_queue`` reads the scores of one checkpoint, groups near duplicates (one representative per
+group enters the queue, the hardest), leaves out groups someone already reviewed (their verdicts
+stay), clusters each top class with K-means, orders the rest (``curate.queue.ranking``) and replaces the
+``queue`` rows in one transaction. ``queue_frame`` reads the queue back as a DataFrame; ``hardood
+queue`` prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from curate import store
+from curate.neighbours.near_duplicates import (
+    DEFAULT_CANDIDATE_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    THUMB_DIM,
+    THUMB_EMBEDDER,
+    group_near_duplicates,
+)
+from curate.queue.ranking import order_candidates, reason_text
+from wood_train.data.imageio import ImageDecodeError, read_image
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """The knobs of ``build_queue`` (``MineConfig`` carries the same names)."""
+
+    queue_size: int = 1000
+    min_hardness: float = 0.5
+    dup_threshold: float = DEFAULT_THRESHOLD
+    dup_candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD
+    clusters_per_class: int = 20
+    hardness_tier: float = 1.0
+    max_class_share: float = 0.5
+    clip_fg_weight: float = 0.0
+    expand_from_verdicts: bool = False
+    expand_k: int = 5
+    seed: int = 0
+
+
+def load_candidates(db_path: str | Path, checkpoint_sha256: str) -> pd.DataFrame:
+    """Scored ok images with at least one path: sha256, top_class, top_score, hardness_score, ..."""
+    with store.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT s.sha256, s.top_class, s.top_score, s.hardness_score, s.energy_score, "
+            "s.clip_fg_score "
+            "FROM scores s JOIN images i ON i.sha256 = s.sha256 "
+            "WHERE s.checkpoint_sha256 = ? AND i.status = 'ok' "
+            "AND EXISTS (SELECT 1 FROM image_paths p WHERE p.sha256 = s.sha256) "
+            "ORDER BY s.sha256",
+            (checkpoint_sha256,),
+        ).fetchall()
+    columns = [
+        "sha256",
+        "top_class",
+        "top_score",
+        "hardness_score",
+        "energy_score",
+        "clip_fg_score",
+    ]
+    return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+
+
+def first_paths(db_path: str | Path, shas: list[str]) -> dict[str, Path]:
+    """sha256 -> absolute path of the image's first registered path."""
+    with store.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT p.sha256, r.path AS root, p.relpath FROM image_paths p "
+            "JOIN roots r ON r.root_id = p.root_id "
+            "WHERE p.rowid IN (SELECT MIN(rowid) FROM image_paths GROUP BY sha256)"
+        ).fetchall()
+    wanted = set(shas)
+    return {r["sha256"]: Path(r["root"]) / r["relpath"] for r in rows if r["sha256"] in wanted}
+
+
+def _read_or_none(path: Path | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    try:
+        return read_image(path)
+    except ImageDecodeError:  # gone or replaced since scoring: it simply joins no group
+        return None
+
+
+def reviewed_images(db_path: str | Path) -> dict[str, str]:
+    """sha256 -> latest verdict, over verdicts not undone."""
+    with store.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT sha256, verdict FROM verdicts WHERE undone = 0 ORDER BY created_at, verdict_id"
+        ).fetchall()
+    return {r["sha256"]: r["verdict"] for r in rows}
+
+
+def _write_dup_groups(conn, groups: pd.DataFrame) -> None:
+    conn.execute("DELETE FROM dup_groups")
+    conn.executemany(
+        "INSERT INTO dup_groups(sha256, representative, group_size, dup_score) VALUES (?, ?, ?, ?)",
+        [
+            (r.sha256, r.representative, int(r.group_size), _float_or_none(r.dup_score))
+            for r in groups.itertuples(index=False)
+        ],
+    )
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def build_queue(
+    db_path: str | Path,
+    checkpoint_sha256: str,
+    embedder: str,
+    embedding_dim: int,
+    run_id: int,
+    settings: QueueSettings = QueueSettings(),
+) -> pd.DataFrame:
+    """Rebuild the review queue from stored scores and embeddings; returns it as a DataFrame.
+
+    Verdicts and leases are never touched. A group with any reviewed member stays out of the
+    queue, so one verdict covers its near duplicates.
+
+    Returns
+    -------
+    DataFrame with rank, sha256, top_class, class_name, hardness_score, cluster, n_clusters,
+    group_size, over_quota, expanded_from and reason, ordered by rank.
+    """
+    from curate.neighbours.diversity import cluster_within_classes
+    from curate.neighbours.vector_index import EmbeddingFile
+
+    with store.connect(db_path) as conn:
+        class_names = store.get_classes(conn) or []
+    candidates = load_candidates(db_path, checkpoint_sha256)
+    vectors = np.zeros((0, embedding_dim), np.float32)
+    if len(candidates):
+        shas = list(candidates["sha256"])
+        vectors = EmbeddingFile(db_path, embedder, embedding_dim).load(shas)
+        paths = first_paths(db_path, shas)
+        groups = group_near_duplicates(
+            shas,
+            EmbeddingFile(db_path, THUMB_EMBEDDER, THUMB_DIM).load(shas),
+            lambda sha: _read_or_none(paths.get(sha)),
+            candidates["hardness_score"].to_numpy(),
+            settings.dup_threshold,
+            settings.dup_candidate_threshold,
+        )
+    else:
+        groups = pd.DataFrame(columns=["sha256", "representative", "group_size", "dup_score"])
+    candidates = _attach_groups(candidates, groups)
+
+    reviewed = reviewed_images(db_path)
+    reviewed_groups = set(candidates.loc[candidates["sha256"].isin(reviewed), "representative"])
+    open_reps = candidates[
+        (candidates["sha256"] == candidates["representative"])
+        & ~candidates["representative"].isin(reviewed_groups)
+    ]
+    expanded = pd.DataFrame()
+    if settings.expand_from_verdicts:
+        expanded = _expansion(db_path, embedder, settings.expand_k, open_reps)
+        expanded = expanded.head(settings.queue_size)
+    eligible = open_reps[open_reps["hardness_score"] >= settings.min_hardness]
+    eligible = eligible[~eligible["sha256"].isin(expanded.get("sha256", []))]
+    if len(eligible):
+        positions = candidates.index.get_indexer(eligible.index)
+        clusters = cluster_within_classes(
+            vectors[positions],
+            eligible["top_class"].to_numpy(),
+            settings.clusters_per_class,
+            settings.seed,
+            keys=list(eligible["sha256"]),
+        )
+        eligible = eligible.assign(cluster=np.asarray(clusters))
+    else:
+        eligible = eligible.assign(cluster=pd.Series(dtype=int))
+    room = max(0, settings.queue_size - len(expanded))
+    ranked = order_candidates(
+        eligible,
+        room,
+        settings.hardness_tier,
+        settings.max_class_share,
+        settings.clip_fg_weight,
+    )
+    queue = _with_reasons(pd.concat([expanded, ranked], ignore_index=True), class_names)
+    queue["rank"] = np.arange(1, len(queue) + 1)
+    with store.connect(db_path, immediate=True) as conn:
+        _write_dup_groups(conn, groups)
+        conn.execute("DELETE FROM queue")
+        conn.executemany(
+            "INSERT INTO queue(sha256, rank, run_id, top_class, hardness_score, cluster, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    r.sha256,
+                    int(r.rank),
+                    run_id,
+                    int(r.top_class),
+                    float(r.hardness_score),
+                    None if pd.isna(r.cluster) else int(r.cluster),
+                    r.reason,
+                )  # fmt: skip
+                for r in queue.itertuples(index=False)
+            ],
+        )
+    columns = ["rank", "sha256", "top_class", "class_name", "hardness_score", "cluster",
+               "n_clusters", "group_size", "over_quota", "expanded_from", "reason"]  # fmt: skip
+    return queue[columns]
+
+
+def _attach_groups(candidates: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    frame = candidates.merge(
+        groups[["sha256", "representative", "group_size", "dup_score"]], on="sha256", how="left"
+    )
+    frame["representative"] = frame["representative"].fillna(frame["sha256"])
+    frame["group_size"] = frame["group_size"].fillna(1).astype(int)
+    return frame
+
+
+def _with_reasons(queue: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    queue = queue.copy()
+    for column, default in (("cluster", np.nan), ("n_clusters", np.nan), ("over_quota", False),
+                            ("expanded_from", None)):  # fmt: skip
+        if column not in queue:
+            queue[column] = default
+    queue["class_name"] = [_class_name(class_names, c) for c in queue["top_class"]]
+    reasons = []
+    for r in queue.itertuples(index=False):
+        if isinstance(r.expanded_from, str):
+            text = f"like confirmed hard OoD {r.expanded_from[:8]} (cos {r.similarity:.2f})"
+            text += " · " + reason_text(r.class_name, r.hardness_score, group_size=r.group_size)
+        else:
+            text = reason_text(r.class_name, r.hardness_score, _int(r.cluster), _int(r.n_clusters),
+                               r.group_size, r.clip_fg_score, bool(r.over_quota))  # fmt: skip
+        reasons.append(text)
+    queue["reason"] = reasons
+    return queue
+
+
+def _int(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _class_name(class_names: list[str], index: int) -> str:
+    return class_names[index] if 0 <= index < len(class_names) else f"class {index}"
+
+
+def _expansion(db_path, embedder: str, k: int, open_reps: pd.DataFrame) -> pd.DataFrame:
+    """Open representatives among the nearest unseen neighbours of confirmed hard OoDs.
+
+    ``curate.neighbours.similar.expand_from_verdicts`` runs before the queue is replaced, so "unseen" means
+    not reviewed and not in the previous queue.
+    """
+    from curate.neighbours.similar import expand_from_verdicts
+
+    found = expand_from_verdicts(db_path, k=k, embedder=embedder)
+    if found.empty:
+        return pd.DataFrame()
+    found = found[["sha256", "similarity", "seed_sha256"]].rename(
+        columns={"seed_sha256": "expanded_from"}
+    )
+    picked = open_reps.merge(found, on="sha256")
+    return picked.sort_values(["similarity", "sha256"], ascending=[False, True])
+
+
+# ---- reading the queue back -------------------------------------------------------------------
+
+
+def queue_frame(db_path: str | Path, top: int | None = None) -> pd.DataFrame:
+    """The queue in rank order, one row per image, ready to sort or export.
+
+    Columns: rank, sha256, path (absolute, first registered path), top_class (name), top_score,
+    hardness_score, reason, group_size, class_2, score_2, class_3, score_3, cluster,
+    clip_fg_score, energy_score, dup_score, width, height.
+    """
+    with store.connect(db_path) as conn:
+        class_names = store.get_classes(conn) or []
+        rows = conn.execute(
+            "SELECT q.rank, q.sha256, r.path AS root, p.relpath, q.top_class, s.top_score, "
+            "q.hardness_score, q.reason, COALESCE(d.group_size, 1) AS group_size, s.probs, "
+            "q.cluster, s.clip_fg_score, s.energy_score, d.dup_score, i.width, i.height "
+            "FROM queue q JOIN runs ru ON ru.run_id = q.run_id "
+            "JOIN images i ON i.sha256 = q.sha256 "
+            "LEFT JOIN scores s ON s.sha256 = q.sha256 "
+            "AND s.checkpoint_sha256 = ru.checkpoint_sha256 "
+            "LEFT JOIN image_paths p ON p.rowid = "
+            "(SELECT MIN(rowid) FROM image_paths WHERE sha256 = q.sha256) "
+            "LEFT JOIN roots r ON r.root_id = p.root_id "
+            "LEFT JOIN dup_groups d ON d.sha256 = q.sha256 "
+            "ORDER BY q.rank LIMIT ?",
+            (-1 if top is None else int(top),),
+        ).fetchall()
+    records = []
+    for r in rows:
+        probs = store.decode_probs(r["probs"]) if r["probs"] is not None else np.zeros(0)
+        order = np.argsort(-probs, kind="stable")
+        record = {
+            "rank": r["rank"],
+            "sha256": r["sha256"],
+            "path": str(Path(r["root"]) / r["relpath"]) if r["root"] else None,
+            "top_class": _class_name(class_names, r["top_class"]),
+            "top_score": r["top_score"],
+            "hardness_score": r["hardness_score"],
+            "reason": r["reason"],
+            "group_size": r["group_size"],
+        }
+        for place in (2, 3):
+            has = len(order) >= place
+            record[f"class_{place}"] = (
+                _class_name(class_names, int(order[place - 1])) if has else None
+            )
+            record[f"score_{place}"] = float(probs[order[place - 1]]) if has else None
+        for key in ("cluster", "clip_fg_score", "energy_score", "dup_score", "width", "height"):
+            record[key] = r[key]
+        records.append(record)
+    columns = ["rank", "sha256", "path", "top_class", "top_score", "hardness_score", "reason",
+               "group_size", "class_2", "score_2", "class_3", "score_3", "cluster",
+               "clip_fg_score", "energy_score", "dup_score", "width", "height"]  # fmt: skip
+    return pd.DataFrame(records, columns=columns)
+
+
+# ---- `hardood queue` --------------------------------------------------------------------------
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "queue",
+        help="print the review queue (or write it to a CSV)",
+        description="Print the review queue that `hardood mine` built, hardest first.",
+    )
+    parser.add_argument("--db", type=Path, default=Path("curation.db"), help="the curation store")
+    parser.add_argument("--top", type=int, default=None, help="only the first N rows (print: 20)")
+    parser.add_argument("--csv", type=Path, default=None, help="write the rows to this CSV file")
+    parser.set_defaults(func=run_from_args)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    db = Path(args.db)
+    if not db.is_file():
+        raise FileNotFoundError(f"curation database not found: {db} (run `hardood mine` first)")
+    store.open_store(db)
+    frame = queue_frame(db, top=args.top)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.csv.with_name(args.csv.name + ".tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(args.csv)
+        print(f"wrote {len(frame)} queue rows to {args.csv}")
+        return 0
+    if frame.empty:
+        print(f"the queue in {db} is empty; run `hardood mine` to build it")
+        return 0
+    print(format_table(frame.head(args.top or 20)))
+    return 0
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """A terminal table: rank, hardness, class, group, reason, file name."""
+    table = pd.DataFrame(
+        {
+            "rank": frame["rank"],
+            "hardness": frame["hardness_score"].map("{:.3f}".format),
+            "class": frame["top_class"],
+            "group": frame["group_size"],
+            "reason": frame["reason"],
+            "file": [Path(p).name if p else "?" for p in frame["path"]],
+        }
+    )
+    return table.to_string(index=False)

@@ -1,0 +1,133 @@
+"""The stream of images still to score: paged out of the store, read and decoded in workers.
+
+``PendingImages`` is an ``IterableDataset`` that pages through ok images lacking a score for the
+checkpoint (or an embedding of a required embedder) by keyset pagination on the hash, so memory
+does not grow with the pool. Each DataLoader worker keeps the images whose hash falls in its shard.
+``load_for_scoring`` never raises for a bad file: it returns a record with the
+``ImageDecodeError.reason`` (marked ``status='bad'``) or a skip reason (file gone or replaced since
+ingest; the image stays pending).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from curate import store
+from curate.neighbours.near_duplicates import thumbnail_descriptor
+from wood_train.data.imageio import ImageDecodeError, decode_image
+from wood_train.data.transforms import normalize_image, resize_long_side
+
+CLIP_IMAGE_SIZE = 224  # long side of the uint8 copy handed to the CLIP embedder
+PAGE_SIZE = 1024
+
+
+def pending_page(
+    conn, checkpoint_sha256: str, embedders: tuple[str, ...], after: str, limit: int
+) -> list[tuple[str, str]]:
+    """(sha256, absolute path) of ok images lacking a score or an embedding, after ``after``."""
+    missing = ["NOT EXISTS (SELECT 1 FROM scores s WHERE s.sha256 = i.sha256 "
+               "AND s.checkpoint_sha256 = ?)"]  # fmt: skip
+    missing += ["NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.sha256 = i.sha256 "
+                "AND e.embedder = ?)"] * len(embedders)  # fmt: skip
+    rows = conn.execute(
+        "SELECT i.sha256, r.path AS root, p.relpath FROM images i "
+        "JOIN image_paths p ON p.rowid = "
+        "(SELECT MIN(rowid) FROM image_paths WHERE sha256 = i.sha256) "
+        "JOIN roots r ON r.root_id = p.root_id "
+        f"WHERE i.status = 'ok' AND i.sha256 > ? AND ({' OR '.join(missing)}) "
+        "ORDER BY i.sha256 LIMIT ?",
+        (after, checkpoint_sha256, *embedders, limit),
+    ).fetchall()
+    return [(r["sha256"], str(Path(r["root"]) / r["relpath"])) for r in rows]
+
+
+def count_pending(db_path: Path, checkpoint_sha256: str, embedders: tuple[str, ...]) -> int:
+    total, after = 0, ""
+    with store.connect(db_path) as conn:
+        while page := pending_page(conn, checkpoint_sha256, embedders, after, 50_000):
+            total += len(page)
+            after = page[-1][0]
+    return total
+
+
+def load_for_scoring(sha256: str, path: str, image_size: int, clip: bool) -> dict[str, Any]:
+    """Read, verify and decode one image into a padded square tensor, or a bad-image record."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return {"sha256": sha256, "skip": "unreadable_file", "detail": f"{path}: {exc}"}
+    if hashlib.sha256(data).hexdigest() != sha256:
+        # the file was replaced after ingest: its new content is not this image; re-ingest
+        return {"sha256": sha256, "skip": "changed_on_disk", "detail": path}
+    try:
+        image = decode_image(data, path)
+    except ImageDecodeError as exc:
+        return {"sha256": sha256, "bad": exc.reason, "detail": str(exc)}
+    height, width = image.shape[:2]
+    scaled = image if max(height, width) == image_size else resize_long_side(image, image_size)
+    tensor = torch.zeros(3, image_size, image_size)  # zero = the mean colour after normalisation
+    valid_h, valid_w = scaled.shape[:2]
+    tensor[:, :valid_h, :valid_w] = normalize_image(scaled)
+    item = {
+        "sha256": sha256,
+        "tensor": tensor,
+        "valid": (valid_h, valid_w),
+        "size": (width, height),
+        "thumb": thumbnail_descriptor(image),
+    }
+    if clip:
+        small = (
+            image
+            if max(height, width) <= CLIP_IMAGE_SIZE
+            else resize_long_side(image, CLIP_IMAGE_SIZE)
+        )
+        item["clip_image"] = small
+    return item
+
+
+class PendingImages(IterableDataset):
+    """Streams the images still to score; each worker takes the hashes of its own shard."""
+
+    def __init__(self, db_path, checkpoint_sha256, embedders, image_size, clip=False):
+        self.db_path = Path(db_path)
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.embedders = tuple(embedders)
+        self.image_size = image_size
+        self.clip = clip
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        after = ""
+        while True:
+            with store.connect(self.db_path) as conn:
+                page = pending_page(conn, self.checkpoint_sha256, self.embedders, after, PAGE_SIZE)
+            if not page:
+                return
+            after = page[-1][0]
+            for sha256, path in page:
+                # shard by content hash, not by position, so rows other workers finish in the
+                # meantime cannot shift which images this worker owns
+                if int(sha256[:8], 16) % n_workers == worker:
+                    yield load_for_scoring(sha256, path, self.image_size, self.clip)
+
+
+def collate_scoring(items: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [i for i in items if "tensor" in i]
+    return {
+        "n": len(items),
+        "sha256": [i["sha256"] for i in good],
+        "x": torch.stack([i["tensor"] for i in good]) if good else None,
+        "valid": [i["valid"] for i in good],
+        "thumbs": np.stack([i["thumb"] for i in good]) if good else None,
+        "size": [i["size"] for i in good],
+        "clip_images": [i["clip_image"] for i in good if "clip_image" in i],
+        "bad": [(i["sha256"], i["bad"], i["detail"]) for i in items if "bad" in i],
+        "skipped": [(i["sha256"], i["skip"], i["detail"]) for i in items if "skip" in i],
+    }

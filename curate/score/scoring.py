@@ -1,0 +1,330 @@
+"""Score the pool with the baseline classifier (WOOD_SPEC section 2), one forward per image.
+
+A streamed ``IterableDataset`` pages the not-yet-scored images out of the store (keyset pagination,
+so memory does not grow with the pool); DataLoader workers read, verify and decode them. An image
+that cannot be decoded comes back as a record with its ``ImageDecodeError.reason`` and is marked
+``status='bad'``; it never stops the run. Each batch is written in one transaction (scores, image
+sizes, bad images, embeddings), so a run killed at any moment resumes where it stopped and never
+writes a row twice.
+
+Per image, from one pass of ``CamNet.features``: class probabilities ``sigmoid(W . GAP(F))``, the
+top class and its probability (``top_score``), ``energy_score = logsumexp(logits)``, the
+``hardness_score``, a ``heatmap_size``-square uint8 heatmap of the top class's CAM
+``ReLU(W_top . F)`` (max-normalised over the image), and the classifier embedding ``z / ||z||``.
+
+Hardness (``hardness`` setting):
+
+- ``probability`` (default, the paper's rule): ``hardness_score = top_score``.
+- ``energy``: ``hardness_score = sigmoid(energy_score - log C)``. The energy score is the
+  log-sum-exp of the C class logits (the negative free energy of Liu et al. 2020, high for inputs
+  the classifier finds in-distribution); subtracting ``log C`` and squashing keeps it in (0, 1) and
+  makes it equal to ``top_score`` when all logits are equal. It is a per-image function of the
+  logits (no rank over the pool), so a stored score never changes when the pool grows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from curate import store
+from curate.neighbours.near_duplicates import THUMB_DIM, THUMB_EMBEDDER
+from curate.score.pending import PendingImages, collate_scoring, count_pending
+from wood_train.progress import progress
+
+WORLD_IMAGE_SIZE = 64
+VOC_IMAGE_SIZE = 448
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_image_size(requested: int | None, checkpoint_meta: dict[str, Any]) -> int:
+    """The scoring size: as requested, else the checkpoint's training crop, else 448 VOC / 64."""
+    if requested:
+        return int(requested)
+    config = checkpoint_meta.get("config") or {}
+    for key in ("image_size", "crop"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return int(config[key])
+    if tuple(checkpoint_meta.get("class_names") or ()) == VOC_CLASSES:
+        return VOC_IMAGE_SIZE
+    return WORLD_IMAGE_SIZE
+
+
+def classifier_embedder_name(checkpoint_sha256: str) -> str:
+    """Embeddings of the classifier depend on its weights, so the name carries the hash."""
+    return f"classifier-{checkpoint_sha256[:12]}"
+
+
+# ---- the forward ---------------------------------------------------------------------------
+
+
+def hardness_from(top_score: np.ndarray, energy_score: np.ndarray, mode: str, num_classes: int):
+    """The hardness_score of each image (see the module docstring)."""
+    if mode == "probability":
+        return np.asarray(top_score, dtype=np.float64)
+    if mode == "energy":
+        return 1.0 / (1.0 + np.exp(-(np.asarray(energy_score, np.float64) - math.log(num_classes))))
+    raise ValueError(f"hardness must be 'probability' or 'energy', got {mode!r}")
+
+
+def score_batch(model, x: torch.Tensor, valid: list[tuple[int, int]], heatmap_size: int) -> dict:
+    """One forward: probabilities, energy, top class, CAM heatmaps and embeddings (numpy)."""
+    feats = model.features(x)
+    z = feats.float().mean(dim=(2, 3))
+    weight = model.classifier.weight.float()
+    logits = z @ weight.flatten(1).t()
+    probs = torch.sigmoid(logits)
+    top_score, top_class = probs.max(dim=1)
+    weights_top = weight.flatten(1)[top_class]  # (B, D)
+    cams = F.relu(torch.einsum("bdhw,bd->bhw", feats.float(), weights_top))
+    image_size = x.shape[-1]
+    # the CAM cells that cover the image itself (not its padding), batched per shape
+    cells = [
+        (
+            max(1, math.ceil(h / image_size * cams.shape[1])),
+            max(1, math.ceil(w / image_size * cams.shape[2])),
+        )
+        for h, w in valid
+    ]
+    heat = torch.empty(len(valid), heatmap_size, heatmap_size, device=cams.device)
+    for rows, cols in set(cells):
+        members = [b for b, shape in enumerate(cells) if shape == (rows, cols)]
+        crop = cams[members, :rows, :cols][:, None]
+        heat[members] = F.interpolate(crop, size=(heatmap_size, heatmap_size), mode="bilinear")[
+            :, 0
+        ]
+    heat = heat / (heat.amax(dim=(1, 2), keepdim=True) + 1e-5)
+    heatmaps = (heat.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return {
+        "probs": probs.cpu().numpy(),
+        "top_class": top_class.cpu().numpy(),
+        "top_score": top_score.cpu().numpy(),
+        "energy_score": torch.logsumexp(logits, dim=1).cpu().numpy(),
+        "embedding": F.normalize(z, dim=1).cpu().numpy().astype(np.float32),
+        "heatmap": heatmaps,
+    }
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreReport:
+    """What one scoring pass did: ``counts`` (scored, bad reasons, skips) and example problems."""
+
+    counts: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        bad = sum(v for k, v in self.counts.items() if k.startswith("bad:"))
+        skipped = sum(v for k, v in self.counts.items() if k.startswith("skipped:"))
+        return (
+            f"score: {self.counts['scored']} images scored, {bad} could not be decoded, "
+            f"{skipped} skipped (file gone or changed since ingest)"
+        )
+
+
+@dataclass
+class Scorer:
+    """The models of one scoring pass: the classifier and, optionally, a CLIP embedder."""
+
+    model: torch.nn.Module
+    checkpoint_sha256: str
+    class_names: list[str]
+    image_size: int
+    device: torch.device
+    clip: Any = None  # curate.score.clip.OpenClipEmbedder
+    clip_embedder: str | None = None
+
+    @property
+    def classifier_embedder(self) -> str:
+        return classifier_embedder_name(self.checkpoint_sha256)
+
+    @property
+    def embedders(self) -> tuple[str, ...]:
+        names = (self.classifier_embedder, THUMB_EMBEDDER)
+        return names + ((self.clip_embedder,) if self.clip is not None else ())
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def score_pool(
+    db_path: str | Path,
+    scorer: Scorer,
+    run_id: int,
+    hardness: str = "probability",
+    heatmap_size: int = 32,
+    batch_size: int = 64,
+    workers: int = 1,
+    amp: bool = True,
+) -> ScoreReport:
+    """Score every ok image that lacks a score (or an embedding) for this checkpoint.
+
+    Each batch is committed on its own: scores, decoded sizes, bad images and embedding rows
+    together, so a killed run loses at most the batch in flight and the next run resumes.
+
+    Examples
+    --------
+    >>> model, meta = load_cam_net("baseline.pt")  # doctest: +SKIP
+    >>> scorer = Scorer(model, meta["weights_sha256"], meta["class_names"], 64, torch.device("cpu"))
+    >>> score_pool("curation.db", scorer, run_id=1).counts["scored"]  # doctest: +SKIP
+    """
+    from curate.neighbours.vector_index import EmbeddingFile
+
+    db_path = Path(db_path)
+    hardness_from(np.zeros(1), np.zeros(1), hardness, 1)  # reject an unknown mode before work
+    report = ScoreReport()
+    total = count_pending(db_path, scorer.checkpoint_sha256, scorer.embedders)
+    if total == 0:
+        return report
+    files = {
+        scorer.classifier_embedder: EmbeddingFile(
+            db_path, scorer.classifier_embedder, scorer.model.feature_dim
+        ),
+        THUMB_EMBEDDER: EmbeddingFile(db_path, THUMB_EMBEDDER, THUMB_DIM),
+    }
+    dataset = PendingImages(db_path, scorer.checkpoint_sha256, scorer.embedders,
+                            scorer.image_size, clip=scorer.clip is not None)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_scoring,
+        pin_memory=scorer.device.type == "cuda",
+    )
+    bar = progress(total=total, desc="score", unit="img")
+    for batch in loader:
+        result = None
+        if batch["x"] is not None:
+            with torch.inference_mode(), _autocast(scorer.device, amp):
+                x = batch["x"].to(scorer.device, non_blocking=True)
+                result = score_batch(scorer.model, x, batch["valid"], heatmap_size)
+            result["hardness_score"] = hardness_from(
+                result["top_score"], result["energy_score"], hardness, len(scorer.class_names)
+            )
+            if scorer.clip is not None:
+                vectors = np.asarray(scorer.clip.embed(batch["clip_images"]), dtype=np.float32)
+                result["clip_embedding"] = vectors
+                result["clip_fg_score"] = np.asarray(
+                    scorer.clip.foreground_probability(vectors, scorer.class_names)
+                )
+                if scorer.clip_embedder not in files:
+                    files[scorer.clip_embedder] = EmbeddingFile(
+                        db_path, scorer.clip_embedder, vectors.shape[1]
+                    )
+        _write_batch(db_path, scorer, run_id, batch, result, heatmap_size, files)
+        _count(report, batch)
+        bar.update(batch["n"])
+    bar.close()
+    return report
+
+
+def _count(report: ScoreReport, batch: dict) -> None:
+    report.counts["scored"] += len(batch["sha256"])
+    for _, reason, detail in batch["bad"]:
+        report.counts[f"bad:{reason}"] += 1
+        if len(report.problems) < 10:
+            report.problems.append(detail)
+    for _, reason, detail in batch["skipped"]:
+        report.counts[f"skipped:{reason}"] += 1
+        if len(report.problems) < 10:
+            report.problems.append(f"{detail} ({reason.replace('_', ' ')})")
+
+
+def _write_batch(db_path, scorer: Scorer, run_id, batch, result, heatmap_size, files) -> None:
+    with store.connect(db_path, immediate=True) as conn:
+        conn.executemany(
+            "UPDATE images SET status = 'bad', bad_reason = ? WHERE sha256 = ?",
+            [(reason, sha) for sha, reason, _ in batch["bad"]],
+        )
+        if result is None:
+            return
+        shas = batch["sha256"]
+        conn.executemany(
+            "UPDATE images SET width = ?, height = ? WHERE sha256 = ?",
+            [(w, h, sha) for sha, (w, h) in zip(shas, batch["size"])],
+        )
+        clip_fg = result.get("clip_fg_score")
+        conn.executemany(
+            "INSERT INTO scores(sha256, checkpoint_sha256, run_id, probs, top_class, top_score, "
+            "hardness_score, energy_score, clip_fg_score, heatmap, heatmap_size) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(sha256, checkpoint_sha256) DO UPDATE SET "
+            "clip_fg_score = COALESCE(excluded.clip_fg_score, scores.clip_fg_score)",
+            [
+                (
+                    sha,
+                    scorer.checkpoint_sha256,
+                    run_id,
+                    store.encode_probs(result["probs"][b]),
+                    int(result["top_class"][b]),
+                    float(result["top_score"][b]),
+                    float(result["hardness_score"][b]),
+                    float(result["energy_score"][b]),
+                    None if clip_fg is None else float(clip_fg[b]),
+                    store.encode_heatmap(result["heatmap"][b]),
+                    heatmap_size,
+                )
+                for b, sha in enumerate(shas)
+            ],
+        )
+        vectors = {scorer.classifier_embedder: result["embedding"], THUMB_EMBEDDER: batch["thumbs"]}
+        if "clip_embedding" in result:
+            vectors[scorer.clip_embedder] = result["clip_embedding"]
+        for name, matrix in vectors.items():
+            files[name].append(shas, matrix, conn)  # skips images it already holds
+
+
+def rescore_hardness(
+    db_path: str | Path, checkpoint_sha256: str, mode: str, num_classes: int
+) -> int:
+    """Recompute ``hardness_score`` of stored scores for another mode (no forward needed)."""
+    hardness_from(np.zeros(1), np.zeros(1), mode, num_classes)
+    with store.connect(db_path, immediate=True) as conn:
+        rows = conn.execute(
+            "SELECT sha256, top_score, energy_score, hardness_score FROM scores "
+            "WHERE checkpoint_sha256 = ?",
+            (checkpoint_sha256,),
+        ).fetchall()
+        if not rows:
+            return 0
+        values = hardness_from(
+            np.array([r["top_score"] for r in rows]),
+            np.array([r["energy_score"] for r in rows]),
+            mode,
+            num_classes,
+        )
+        changed = [
+            (float(v), r["sha256"], checkpoint_sha256)
+            for r, v in zip(rows, values)
+            if abs(float(v) - r["hardness_score"]) > 1e-12
+        ]
+        conn.executemany(
+            "UPDATE scores SET hardness_score = ? WHERE sha256 = ? AND checkpoint_sha256 = ?",
+            changed,
+        )
+    return len(changed)

@@ -1,0 +1,365 @@
+"""Class activation maps for a VOC split: multi-scale + flip inference (WOOD_SPEC section 4).
+
+``make_cams(CamConfig(...))`` writes one file per image, ``<out_dir>/<id>.npy``, in IRN's layout,
+which WSSS code already reads with ``np.load(path, allow_pickle=True).item()``::
+
+    {"keys": int64 array (K,),               # 0-based foreground class indices in the image label
+     "high_res": float32 array (K, H, W)}    # one map per key at image size, each max-normalised
+
+Row ``k`` of ``high_res`` is the CAM of class ``keys[k]`` (mask value ``keys[k] + 1``): the sum over
+scales and horizontal flips of ReLU(W_c . F) upsampled bilinearly to the image, divided by its
+maximum + 1e-5, so values lie in [0, 1). Files are written only through ``save_cam`` (atomic), and
+an existing file is never recomputed, so an interrupted run resumes where it stopped. The resolved
+config goes to ``<out_dir>/config.yaml``; ``overlays=True`` adds ``<out_dir>/overlays/<id>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from wood_train import config as cfg
+from wood_train.data import voc
+from wood_train.data.imageio import read_image
+from wood_train.data.transforms import normalize_image
+from wood_train.model.cam_net import CamNet
+from wood_train.model.checkpoint import load_cam_net
+from wood_train.progress import progress
+
+CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # WOOD_SPEC section 4 / IRN's make_cam
+NORM_EPS = 1e-5  # added to each map's maximum before dividing (IRN)
+CONFIG_NAME = "config.yaml"
+OVERLAY_DIR = "overlays"
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """Settings of the ``cam`` stage."""
+
+    checkpoint: Path | None = field(default=None, metadata={"help": "trained CamNet checkpoint"})
+    voc_root: Path | None = field(default=None, metadata={"help": "dataset root in VOC layout"})
+    split: str = field(default="train", metadata={"help": "split name or path to an id list"})
+    out_dir: Path | None = field(default=None, metadata={"help": "folder for <id>.npy CAM files"})
+    scales: tuple[float, ...] = field(
+        default=CAM_SCALES, metadata={"help": "inference scales, each run with its flip"}
+    )
+    num_workers: int = field(default=2, metadata={"help": "DataLoader workers decoding images"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda"})
+    overlays: bool = field(default=False, metadata={"help": "also write PNG overlays"})
+    overlay_alpha: float = field(default=0.5, metadata={"help": "weight of the CAM colour"})
+
+
+class CamInferenceDataset(Dataset):
+    """Images of a split at several scales, each stacked with its horizontal flip.
+
+    An item is a dict: ``id`` (str), ``images`` (list, one ``(2, 3, h_s, w_s)`` float tensor per
+    scale: the image and its flip), ``size`` ((H, W) of the original), ``label`` ((C,) float).
+    One image per item: sizes differ across images, so use ``DataLoader(batch_size=None)``.
+    """
+
+    def __init__(
+        self,
+        voc_root: str | Path,
+        image_ids: Sequence[str],
+        labels: np.ndarray,
+        scales: Sequence[float] = CAM_SCALES,
+    ):
+        if len(image_ids) != len(labels):
+            raise ValueError(f"{len(image_ids)} image ids but {len(labels)} labels")
+        self.voc_root = Path(voc_root)
+        self.image_ids = list(image_ids)
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.scales = tuple(float(s) for s in scales)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.image_ids[index]
+        image = read_image(voc.image_path(self.voc_root, image_id))
+        height, width = image.shape[:2]
+        images = []
+        for scale in self.scales:
+            scaled = image if scale == 1.0 else _rescale(image, scale)
+            tensor = normalize_image(scaled)
+            images.append(torch.stack([tensor, tensor.flip(-1)]))
+        return {
+            "id": image_id,
+            "images": images,
+            "size": (height, width),
+            "label": torch.from_numpy(self.labels[index]),
+        }
+
+
+def _rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
+@torch.no_grad()
+def compute_cam(
+    model: CamNet,
+    image_scales: Sequence[torch.Tensor],
+    size: tuple[int, int],
+    label: torch.Tensor | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-scale, flip-averaged CAMs of the classes in the image label.
+
+    Parameters
+    ----------
+    model : CamNet
+        The classifier, in eval mode; inputs are moved to its device.
+    image_scales : sequence of torch.Tensor
+        One ``(2, 3, h, w)`` tensor per scale: the normalised image and its horizontal flip
+        (a ``(1, 3, h, w)`` tensor runs that scale without a flip).
+    size : (int, int)
+        Original image (H, W); every map is upsampled to it.
+    label : (C,) array
+        Multi-hot image label; only its classes are kept.
+
+    Returns
+    -------
+    keys : (K,) int64 array
+        0-based foreground class indices of the label.
+    high_res : (K, H, W) float32 array
+        Sum over scales and flips, each map divided by its maximum + 1e-5.
+
+    Examples
+    --------
+    >>> keys, high_res = compute_cam(model, item["images"], item["size"], item["label"])
+    """
+    device = next(model.parameters()).device
+    label = torch.as_tensor(np.asarray(label)).reshape(-1)
+    keys = torch.nonzero(label > 0).flatten().to(device)
+    height, width = int(size[0]), int(size[1])
+    total = torch.zeros((len(keys), height, width), dtype=torch.float32, device=device)
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64), total.cpu().numpy()
+    for images in image_scales:
+        cams = model.cam(images.to(device, non_blocking=True))[:, keys].float()
+        if cams.shape[0] == 2:
+            cams = cams[0:1] + cams[1:2].flip(-1)  # undo the flip, then add
+        elif cams.shape[0] != 1:
+            raise ValueError(
+                f"expected an image and its flip per scale, got {cams.shape[0]} images"
+            )
+        cams = F.interpolate(cams, size=(height, width), mode="bilinear", align_corners=False)
+        total += cams[0]
+    total /= total.amax(dim=(1, 2), keepdim=True) + NORM_EPS
+    return keys.cpu().numpy().astype(np.int64), total.cpu().numpy()
+
+
+def save_cam(path: str | Path, keys: np.ndarray, high_res: np.ndarray) -> Path:
+    """Write one image's CAMs in IRN's ``.npy`` dict layout, atomically (temporary file + rename)."""
+    path = Path(path)
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    high_res = np.asarray(high_res, dtype=np.float32)
+    _check_layout(path, keys, high_res)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
+        np.save(f, {"keys": keys, "high_res": high_res}, allow_pickle=True)
+    tmp.replace(path)
+    return path
+
+
+def load_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one ``.npy`` CAM file (ours or IRN's); returns ``(keys int64 (K,), high_res (K, H, W))``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CAM file not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=True).item()
+    except Exception as exc:  # numpy raises several types for damaged or foreign files
+        raise ValueError(f"{path}: not a CAM file ({exc})") from None
+    if not isinstance(data, dict) or "keys" not in data or "high_res" not in data:
+        raise ValueError(f"{path}: not a CAM file (expected a dict with 'keys' and 'high_res')")
+    keys = np.asarray(data["keys"]).astype(np.int64).reshape(-1)  # IRN stores a torch tensor
+    high_res = np.asarray(data["high_res"], dtype=np.float32)
+    _check_layout(path, keys, high_res)
+    return keys, high_res
+
+
+def _check_layout(path: Path, keys: np.ndarray, high_res: np.ndarray) -> None:
+    if high_res.ndim != 3 or high_res.shape[0] != len(keys):
+        raise ValueError(
+            f"{path}: high_res must be (K, H, W) with K = len(keys) = {len(keys)}, "
+            f"got shape {high_res.shape}"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cam_overlay(image: np.ndarray, high_res: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Image blended with a jet colour map of the strongest CAM at each pixel, (H, W, 3) uint8."""
+    top = high_res.max(axis=0) if len(high_res) else np.zeros(image.shape[:2], np.float32)
+    x = np.clip(top, 0.0, 1.0)[..., None]
+    jet = np.clip(1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0])), 0.0, 1.0) * 255.0
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * jet
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def _write_overlay(path: Path, image: np.ndarray, high_res: np.ndarray, alpha: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(cam_overlay(image, high_res, alpha)).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _validated(config: CamConfig) -> CamConfig:
+    for name, flag in (
+        ("checkpoint", "--checkpoint"),
+        ("voc_root", "--voc-root"),
+        ("out_dir", "--out"),
+    ):
+        if getattr(config, name) is None:
+            raise ValueError(f"CamConfig.{name} is not set (pass {flag})")
+    if not config.scales or any(s <= 0 for s in config.scales):
+        raise ValueError(f"scales must be positive numbers, got {config.scales}")
+    if not 0.0 <= config.overlay_alpha <= 1.0:
+        raise ValueError(f"overlay_alpha must be in [0, 1], got {config.overlay_alpha}")
+    if not Path(config.voc_root).is_dir():
+        raise FileNotFoundError(f"VOC root not found: {config.voc_root}")
+    return config
+
+
+def make_cams(config: CamConfig) -> Path:
+    """Write CAMs for every image of ``config.split`` to ``config.out_dir``; returns that folder.
+
+    Images whose ``.npy`` already exists are skipped (and, with ``overlays``, only their missing
+    overlays are drawn from the saved file), so re-running after an interruption is cheap. A
+    summary (images, written, already present, seconds) is saved with the config in
+    ``config.yaml``.
+    """
+    config = _validated(config)
+    started = time.perf_counter()
+    out_dir = Path(config.out_dir)
+    device = resolve_device(config.device)
+    model, meta = load_cam_net(config.checkpoint, device=device)
+    class_names = voc.read_class_names(config.voc_root)
+    if model.num_classes != len(class_names):
+        raise ValueError(
+            f"{config.checkpoint}: the model has {model.num_classes} classes but {config.voc_root} "
+            f"names {len(class_names)}"
+        )
+    ids = voc.read_split(config.voc_root, config.split)
+    _check_resumable(out_dir, meta["weights_sha256"], config.scales)
+    todo = [i for i in ids if not (out_dir / f"{i}.npy").is_file()]
+    labels = voc.load_image_labels(config.voc_root, todo, model.num_classes) if todo else []
+    # written first too, so an interrupted run's partial output already says what made it
+    cfg.save_config(config, out_dir / CONFIG_NAME, checkpoint_sha256=meta["weights_sha256"])
+
+    dataset = CamInferenceDataset(config.voc_root, todo, np.asarray(labels), config.scales)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=config.num_workers if todo else 0,
+        pin_memory=device.type == "cuda",
+    )
+    for item in progress(loader, total=len(todo), desc=f"cam {config.split}", unit="img"):
+        keys, high_res = compute_cam(model, item["images"], item["size"], item["label"])
+        save_cam(out_dir / f"{item['id']}.npy", keys, high_res)
+    if config.overlays:
+        _write_missing_overlays(config, ids, out_dir)
+
+    summary = {
+        "n_images": len(ids),
+        "written": len(todo),
+        "already_present": len(ids) - len(todo),
+        "seconds": round(time.perf_counter() - started, 2),
+        "device": str(device),
+    }
+    cfg.save_config(
+        config, out_dir / CONFIG_NAME, checkpoint_sha256=meta["weights_sha256"], summary=summary
+    )
+    return out_dir
+
+
+def _check_resumable(out_dir: Path, weights_sha256: str, scales: tuple[float, ...]) -> None:
+    """Refuse to mix CAMs of two models (or two scale sets) in one folder."""
+    path = out_dir / CONFIG_NAME
+    if not path.is_file():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    previous_sha = saved.get("checkpoint_sha256")
+    previous_scales = tuple(float(s) for s in saved.get("config", {}).get("scales", scales))
+    if previous_sha not in (None, weights_sha256) or previous_scales != tuple(scales):
+        raise ValueError(
+            f"{out_dir} holds CAMs of another run (weights {str(previous_sha)[:12]}, scales "
+            f"{previous_scales}); this one is weights {weights_sha256[:12]}, scales {tuple(scales)}. "
+            "Use a new --out folder, or empty this one to recompute"
+        )
+
+
+def _write_missing_overlays(config: CamConfig, ids: list[str], out_dir: Path) -> None:
+    missing = [i for i in ids if not (out_dir / OVERLAY_DIR / f"{i}.png").is_file()]
+    for image_id in progress(missing, desc="overlays", unit="img"):
+        image = read_image(voc.image_path(config.voc_root, image_id))
+        _, high_res = load_cam(out_dir / f"{image_id}.npy")
+        _write_overlay(
+            out_dir / OVERLAY_DIR / f"{image_id}.png", image, high_res, config.overlay_alpha
+        )
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """``hardood cam``: CAMs for a split from a trained checkpoint."""
+    parser = subparsers.add_parser(
+        "cam",
+        help="write multi-scale CAMs (.npy, IRN layout) for a split",
+        description="Compute multi-scale + flip CAMs for every image of a split and save them as "
+        "<out>/<id>.npy (IRN layout). Existing files are kept, so a re-run resumes.",
+    )
+    parser.add_argument("--config", type=Path, help="start from a saved config.yaml")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=argparse.SUPPRESS, help="CamNet checkpoint"
+    )
+    parser.add_argument(
+        "--voc-root",
+        dest="voc_root",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="dataset root (VOC layout)",
+    )
+    parser.add_argument(
+        "--split", default=argparse.SUPPRESS, help="split name or id list (default: train)"
+    )
+    parser.add_argument(
+        "--out", dest="out_dir", type=Path, default=argparse.SUPPRESS, help="output folder"
+    )
+    parser.add_argument(
+        "--overlays", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+        help="also write PNG overlays to <out>/overlays/",
+    )  # fmt: skip
+    skip = ("checkpoint", "voc_root", "split", "out_dir", "overlays")
+    cfg.add_config_args(parser, CamConfig, skip=skip)
+    parser.set_defaults(func=run_from_args)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    base = cfg.load_yaml(CamConfig, args.config) if args.config else CamConfig()
+    config = cfg.replace(base, **cfg.overrides_from_args(args, CamConfig))
+    out_dir = make_cams(config)
+    summary = yaml.safe_load((out_dir / CONFIG_NAME).read_text())["summary"]
+    print(
+        f"cam: {summary['n_images']} images of split {config.split!r} -> {out_dir} "
+        f"({summary['written']} written, {summary['already_present']} already present, "
+        f"{summary['seconds']:.1f}s on {summary['device']})"
+    )
+    return 0

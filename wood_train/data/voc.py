@@ -1,0 +1,111 @@
+"""PASCAL VOC 2012 layout: class names, split lists, image paths and image-level labels.
+
+The spurious-cue world is written in this layout, so the same functions read both::
+
+    VOC_ROOT/JPEGImages/<id>.jpg           (or .png)
+    VOC_ROOT/SegmentationClass/<id>.png    (palette PNG: 0 background, c = class c, 255 ignore)
+    VOC_ROOT/SegmentationClassAug/<id>.png (optional, the train_aug masks)
+    VOC_ROOT/ImageSets/Segmentation/<split>.txt
+    VOC_ROOT/class_names.txt               (optional; the 20 VOC names otherwise)
+    VOC_ROOT/cls_labels.npy                (optional; IRN's {id: C-vector} dict)
+    VOC_ROOT/CueMasks/<id>.png             (world only: 0 none, c = cue of class c)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from wood_train.data.imageio import read_label_png
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def read_class_names(voc_root: str | Path) -> list[str]:
+    """Foreground class names in label order (index 0 is class 1 in the masks)."""
+    path = Path(voc_root) / "class_names.txt"
+    if not path.is_file():
+        return list(VOC_CLASSES)
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: class names repeat: {names}")
+    return names
+
+
+def read_split(voc_root: str | Path, split: str) -> list[str]:
+    """Image ids of a split: ``ImageSets/Segmentation/<split>.txt`` or a path to a list file."""
+    candidate = Path(split)
+    path = (
+        candidate
+        if candidate.suffix == ".txt" and candidate.is_file()
+        else (Path(voc_root) / "ImageSets" / "Segmentation" / f"{split}.txt")
+    )
+    if not path.is_file():
+        raise FileNotFoundError(f"split list not found: {path}")
+    # IRN's train_aug lists may hold "JPEGImages/x.jpg SegmentationClassAug/x.png" pairs
+    ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{path}: the split list is empty")
+    return ids
+
+
+def image_path(voc_root: str | Path, image_id: str) -> Path:
+    folder = Path(voc_root) / "JPEGImages"
+    for suffix in IMAGE_SUFFIXES:
+        path = folder / f"{image_id}{suffix}"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no image for id {image_id!r} in {folder} (tried {IMAGE_SUFFIXES})")
+
+
+def mask_path(voc_root: str | Path, image_id: str, folder: str = "SegmentationClass") -> Path:
+    root = Path(voc_root)
+    for name in (folder, "SegmentationClassAug"):
+        path = root / name / f"{image_id}.png"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no mask for id {image_id!r} in {root / folder}")
+
+
+def _labels_from_npy(path: Path, image_ids: list[str], num_classes: int) -> np.ndarray:
+    table = np.load(path, allow_pickle=True).item()
+    # IRN stores ids as ints (2007_000032 -> 2007000032); the world stores strings
+    lookup = {str(k): v for k, v in table.items()}
+    rows = []
+    for image_id in image_ids:
+        key = image_id if image_id in lookup else image_id.replace("_", "")
+        if key not in lookup:
+            raise KeyError(f"{path}: no label for image {image_id!r}")
+        row = np.asarray(lookup[key], dtype=np.float32)
+        if row.shape != (num_classes,):
+            raise ValueError(
+                f"{path}: label of {image_id!r} has shape {row.shape}, expected ({num_classes},)"
+            )
+        rows.append(row)
+    return np.stack(rows)
+
+
+def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Image-level multi-hot label from a class mask (background 0 and ignore 255 dropped)."""
+    present = np.unique(mask)
+    present = present[(present > 0) & (present <= num_classes)]
+    label = np.zeros(num_classes, dtype=np.float32)
+    label[present - 1] = 1.0
+    return label
+
+
+def load_image_labels(voc_root: str | Path, image_ids: list[str], num_classes: int) -> np.ndarray:
+    """(N, C) multi-hot labels: from ``cls_labels.npy`` if present, else from the masks."""
+    npy = Path(voc_root) / "cls_labels.npy"
+    if npy.is_file():
+        return _labels_from_npy(npy, image_ids, num_classes)
+    return np.stack(
+        [labels_from_mask(read_label_png(mask_path(voc_root, i)), num_classes) for i in image_ids]
+    )
