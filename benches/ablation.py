@@ -43,7 +43,9 @@ from wood_train.cam.make import CamConfig, make_cams  # noqa: E402
 from wood_train.data.voc import read_split  # noqa: E402
 from wood_train.train import train  # noqa: E402
 from wood_train.train_config import PRESETS  # noqa: E402
-from wood_train.world.generate import WORLD_PRESETS, generate_world, read_pool_truth  # noqa: E402
+from wood_train.world.config import WORLD_PRESETS  # noqa: E402
+from wood_train.world.generate import generate_world  # noqa: E402
+from wood_train.world.truth import read_pool_truth  # noqa: E402
 
 ARMS = {
     "1 baseline, no OoD": dict(ood=None),

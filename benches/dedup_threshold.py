@@ -25,7 +25,7 @@ from curate import store  # noqa: E402
 from curate.neighbours.near_pairs import DEFAULT_THRESHOLD, threshold_sweep, tune_threshold  # noqa: E402
 from curate.neighbours.similar import resolve_embedder  # noqa: E402
 from curate.neighbours.vector_index import EmbeddingFile  # noqa: E402
-from wood_train.world.generate import read_pool_truth  # noqa: E402
+from wood_train.world.truth import read_pool_truth  # noqa: E402
 
 
 def true_groups(db: Path, world: Path, keys: list[str]) -> list[str | None]:

@@ -36,7 +36,8 @@ from wood_train.data.imageio import read_image  # noqa: E402
 from wood_train.data.transforms import normalize_image, resize_long_side  # noqa: E402
 from wood_train.model.cam_net import build_cam_net  # noqa: E402
 from wood_train.model.checkpoint import load_cam_net, save_checkpoint  # noqa: E402
-from wood_train.world.generate import WORLD_PRESETS, find_world, generate_world  # noqa: E402
+from wood_train.world.config import WORLD_PRESETS  # noqa: E402
+from wood_train.world.generate import find_world, generate_world  # noqa: E402
 
 
 def world_shaped_checkpoint(path: Path, num_classes: int = 4) -> Path:

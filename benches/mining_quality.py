@@ -43,7 +43,9 @@ from curate.neighbours.vector_index import EmbeddingFile  # noqa: E402
 from curate.queue.build import first_paths, queue_frame  # noqa: E402
 from wood_train.config import replace  # noqa: E402
 from wood_train.data.imageio import read_image  # noqa: E402
-from wood_train.world.generate import WORLD_PRESETS, find_world, generate_world, read_pool_truth  # noqa: E402
+from wood_train.world.config import WORLD_PRESETS  # noqa: E402
+from wood_train.world.generate import find_world, generate_world  # noqa: E402
+from wood_train.world.truth import read_pool_truth  # noqa: E402
 
 POSITIVE_KINDS = ("hard_ood", "contaminated")
 

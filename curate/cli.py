@@ -6,7 +6,13 @@ import argparse
 
 from wood_train.cli import register as _register
 
-STAGES = ("curate.mine", "curate.queue.build", "curate.neighbours.similar", "curate.export.build", "app.demo.run")
+STAGES = (
+    "curate.mine",
+    "curate.queue.build",
+    "curate.neighbours.similar",
+    "curate.export.build",
+    "app.demo.run",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

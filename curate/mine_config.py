@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from wood_train.config import config_field
 
 HARDNESS_MODES = ("probability", "energy")
 EMBEDDERS = ("classifier", "open_clip")
-
-
-def _f(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass(frozen=True)
@@ -21,41 +19,71 @@ class MineConfig:
     """
 
     # inputs
-    db: Path = _f(Path("curation.db"), "the curation store (SQLite); created on first use")
-    checkpoint: Path | None = _f(None, "baseline classifier checkpoint that scores the pool")
-    pool: tuple[str, ...] = _f((), "pool sources: folders, .txt lists of paths, or .csv with paths")
-    tags_csv: Path | None = _f(
+    db: Path = config_field(
+        Path("curation.db"), "the curation store (SQLite); created on first use"
+    )
+    checkpoint: Path | None = config_field(
+        None, "baseline classifier checkpoint that scores the pool"
+    )
+    pool: tuple[str, ...] = config_field(
+        (), "pool sources: folders, .txt lists of paths, or .csv with paths"
+    )
+    tags_csv: Path | None = config_field(
         None, "CSV of image-level tags (path or ImageID column, tags column)"
     )
-    tag_map: Path | None = _f(None, "class,tag CSV; none = the shipped VOC -> OpenImages map")
-    path_column: str | None = _f(None, "path column of a pool/tags CSV; none = auto-detect")
-    tags_column: str | None = _f(None, "tags column of a pool/tags CSV; none = auto-detect")
-    rehash: bool = _f(False, "re-hash files already registered with the same size")
+    tag_map: Path | None = config_field(
+        None, "class,tag CSV; none = the shipped VOC -> OpenImages map"
+    )
+    path_column: str | None = config_field(
+        None, "path column of a pool/tags CSV; none = auto-detect"
+    )
+    tags_column: str | None = config_field(
+        None, "tags column of a pool/tags CSV; none = auto-detect"
+    )
+    rehash: bool = config_field(False, "re-hash files already registered with the same size")
     # scoring (WOOD_SPEC section 2)
-    image_size: int | None = _f(None, "scoring size; none = checkpoint's crop, else 448 VOC / 64")
-    hardness: str = _f("probability", "probability (top-class sigmoid) | energy (see scoring.py)")
-    heatmap_size: int = _f(32, "side of the stored top-class CAM heatmap")
-    batch_size: int = _f(64, "images per forward pass")
-    workers: int | None = _f(None, "DataLoader processes that read and decode; none = auto (0 CPU)")
-    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    amp: bool = _f(True, "bf16/fp16 autocast on CUDA")
-    embedder: str = _f("classifier", "classifier (L2-normalised GAP feature) | open_clip")
-    clip_model: str = _f("ViT-B-32", "open_clip model name (with --embedder open_clip)")
-    clip_checkpoint: Path | None = _f(None, "local open_clip weights file (never downloaded)")
-    clip_fg_weight: float = _f(0.0, "ranking penalty per unit of clip_fg_score (0 = off)")
+    image_size: int | None = config_field(
+        None, "scoring size; none = checkpoint's crop, else 448 VOC / 64"
+    )
+    hardness: str = config_field(
+        "probability", "probability (top-class sigmoid) | energy (see scoring.py)"
+    )
+    heatmap_size: int = config_field(32, "side of the stored top-class CAM heatmap")
+    batch_size: int = config_field(64, "images per forward pass")
+    workers: int | None = config_field(
+        None, "DataLoader processes that read and decode; none = auto (0 CPU)"
+    )
+    device: str = config_field("auto", "auto | cpu | cuda | cuda:N")
+    amp: bool = config_field(True, "bf16/fp16 autocast on CUDA")
+    embedder: str = config_field("classifier", "classifier (L2-normalised GAP feature) | open_clip")
+    clip_model: str = config_field("ViT-B-32", "open_clip model name (with --embedder open_clip)")
+    clip_checkpoint: Path | None = config_field(
+        None, "local open_clip weights file (never downloaded)"
+    )
+    clip_fg_weight: float = config_field(0.0, "ranking penalty per unit of clip_fg_score (0 = off)")
     # queue (curate.queue.build)
-    queue_size: int = _f(1000, "images in the review queue")
-    min_hardness: float = _f(0.5, "candidates below this hardness_score stay out of the queue")
-    dup_threshold: float = _f(0.98, "aligned similarity at which two images are near duplicates")
-    dup_candidate_threshold: float = _f(0.90, "thumbnail cosine for a pair to be checked at all")
-    clusters_per_class: int = _f(20, "K-means clusters within each top class (diversity)")
-    hardness_tier: float = _f(
+    queue_size: int = config_field(1000, "images in the review queue")
+    min_hardness: float = config_field(
+        0.5, "candidates below this hardness_score stay out of the queue"
+    )
+    dup_threshold: float = config_field(
+        0.98, "aligned similarity at which two images are near duplicates"
+    )
+    dup_candidate_threshold: float = config_field(
+        0.90, "thumbnail cosine for a pair to be checked at all"
+    )
+    clusters_per_class: int = config_field(20, "K-means clusters within each top class (diversity)")
+    hardness_tier: float = config_field(
         1.0, "width (logits) of a hardness tier; clusters interleave within one"
     )
-    max_class_share: float = _f(0.5, "at most this fraction of the queue per top class (quota)")
-    expand_from_verdicts: bool = _f(False, "also queue nearest neighbours of confirmed hard OoDs")
-    expand_k: int = _f(5, "neighbours per confirmed hard OoD with --expand-from-verdicts")
-    seed: int = _f(0, "seed of the K-means clustering")
+    max_class_share: float = config_field(
+        0.5, "at most this fraction of the queue per top class (quota)"
+    )
+    expand_from_verdicts: bool = config_field(
+        False, "also queue nearest neighbours of confirmed hard OoDs"
+    )
+    expand_k: int = config_field(5, "neighbours per confirmed hard OoD with --expand-from-verdicts")
+    seed: int = config_field(0, "seed of the K-means clustering")
 
 
 PRESETS: dict[str, MineConfig] = {

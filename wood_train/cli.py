@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-STAGES = ("wood_train.world.generate", "wood_train.train", "wood_train.cam.make", "wood_train.cam.evaluate")
+STAGES = (
+    "wood_train.world.generate",
+    "wood_train.train",
+    "wood_train.cam.make",
+    "wood_train.cam.evaluate",
+)
 
 
 def register(subparsers: argparse._SubParsersAction, stages: tuple[str, ...] = STAGES) -> None:

@@ -1,8 +1,17 @@
 """Frozen dataclass configs: presets, command-line overrides, YAML round trip, provenance.
 
-Every stage (world, train, cam, evaluate, mine, ...) takes one frozen dataclass. The CLI adds one
-``--field-name`` option per field, so every value can be set from the command line, and the
-resolved config is written beside each output together with the git SHA and package versions.
+Every stage (world, train, cam, evaluate, mine, ...) takes one frozen dataclass whose fields are
+declared with ``config_field``. The CLI adds one ``--field-name`` option per field (booleans as
+``--name`` / ``--no-name``), so every value can be set from the command line, and the resolved
+config is written beside each output together with the git SHA and package versions::
+
+    @dataclass(frozen=True)
+    class CamConfig:
+        checkpoint: Path | None = config_field(None, "trained CamNet checkpoint")
+        scales: tuple[float, ...] = config_field((1.0, 0.5), "inference scales")
+
+    add_config_args(parser, CamConfig)             # --checkpoint, --scales ...
+    config = replace(preset, **overrides_from_args(args, CamConfig))
 """
 
 from __future__ import annotations
@@ -23,6 +32,38 @@ import yaml
 T = TypeVar("T")
 
 _MISSING = object()
+
+
+def config_field(default: Any, help: str, *, flag: str | None = "", required: bool = False):
+    """A config dataclass field with its command-line help.
+
+    Parameters
+    ----------
+    default
+        The field's default (a tuple for sequences; configs are frozen).
+    help
+        One line for ``--help``.
+    flag
+        ``""`` (default): the flag is ``--field-name``. A string such as ``"--out"``: that flag
+        instead. ``None``: the field is not on the command line (set by code or YAML only).
+    required
+        The command refuses to run without a value (checked where the config is used; the flag
+        itself stays optional so a YAML ``--config`` can supply it).
+    """
+    return dataclasses.field(
+        default=default, metadata={"help": help, "flag": flag, "required": required}
+    )
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of one config field (for docs and error messages)."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def flag_name(cls: type, name: str) -> str:
+    """The command-line flag of a config field, e.g. ``--num-centers``."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.metadata.get("flag") or "--" + name.replace("_", "-")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -61,20 +102,36 @@ def _converter(hint: Any):
     return (lambda text, _k=hint: _parse_scalar(_k, text)), None
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--field-name`` option per dataclass field (default: keep the preset's value)."""
+def add_config_args(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), title: str = ""
+) -> None:
+    """Add one option per dataclass field (default: keep the preset's value).
+
+    Booleans become ``--name`` / ``--no-name`` (``argparse.BooleanOptionalAction``); tuples take
+    several values (``--scales 1.0 0.5``); ``Path | None`` fields accept ``none``.
+    """
     hints = _field_types(cls)
-    group = parser.add_argument_group(f"{cls.__name__} fields (override the preset)")
+    group = parser.add_argument_group(title or f"{cls.__name__} fields (override the preset)")
     for field in dataclasses.fields(cls):
-        if field.name in skip:
+        if field.name in skip or field.metadata.get("flag", "") is None:
             continue
-        conv, nargs = _converter(hints[field.name])
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else None
         if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = field.default_factory()  # type: ignore[misc]
+        flag = flag_name(cls, field.name)
+        if hints[field.name] is bool:
+            group.add_argument(
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=_MISSING,
+                help=f"{help_text} (default: {'on' if default else 'off'})".strip(),
+            )
+            continue
+        conv, nargs = _converter(hints[field.name])
         group.add_argument(
-            "--" + field.name.replace("_", "-"),
+            flag,
             dest=field.name,
             type=conv,
             nargs=nargs,

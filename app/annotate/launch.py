@@ -16,10 +16,10 @@ import argparse
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from wood_train.config import add_config_args, overrides_from_args, replace
+from wood_train.config import add_config_args, config_field, overrides_from_args, replace
 
 APP_SCRIPT = Path(__file__).with_name("streamlit_app.py")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -30,23 +30,17 @@ MAX_GRID_SIZE = 48
 class AnnotateConfig:
     """How the review app serves one store."""
 
-    db: Path | None = field(default=None, metadata={"help": "curation store (SQLite), required"})
-    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
-    port: int = field(default=8501, metadata={"help": "port to listen on"})
-    password_env: str | None = field(
-        default=None,
-        metadata={
-            "help": "environment variable holding the team password (required off localhost)"
-        },
+    db: Path | None = config_field(None, "curation store (SQLite), required")
+    host: str = config_field("127.0.0.1", "address to listen on")
+    port: int = config_field(8501, "port to listen on")
+    password_env: str | None = config_field(
+        None, "environment variable holding the team password (required off localhost)"
     )
-    lease_seconds: float = field(
-        default=300.0, metadata={"help": "how long an item stays reserved for its annotator"}
-    )
-    overlap: int = field(default=1, metadata={"help": "independent verdicts per item (k)"})
-    grid_size: int = field(default=12, metadata={"help": "thumbnails per grid page"})
-    export_dir: Path = field(
-        default=Path("data_manifests"),
-        metadata={"help": "folder the app's Export button writes to"},
+    lease_seconds: float = config_field(300.0, "how long an item stays reserved for its annotator")
+    overlap: int = config_field(1, "independent verdicts per item (k)")
+    grid_size: int = config_field(12, "thumbnails per grid page")
+    export_dir: Path = config_field(
+        Path("data_manifests"), "folder the app's Export button writes to"
     )
 
 

@@ -18,7 +18,7 @@ from curate.queue.build import queue_frame
 from wood_train.cam.make import cam_overlay, load_cam
 from wood_train.data.imageio import read_image, read_label_png, voc_palette
 from wood_train.data.voc import image_path, mask_path, read_class_names, read_split
-from wood_train.world.generate import read_pool_truth
+from wood_train.world.truth import read_pool_truth
 
 TILE = 128  # pixels per figure tile
 

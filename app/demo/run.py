@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.demo import report as demo_report
@@ -25,37 +25,42 @@ from curate.mine_config import PRESETS as MINE_PRESETS
 from wood_train import config as cfg
 from wood_train.cam.evaluate import EvalConfig, run_evaluation
 from wood_train.cam.make import CamConfig, make_cams
+from wood_train.config import config_field
 from wood_train.train import train
 from wood_train.train_config import PRESETS as TRAIN_PRESETS
-from wood_train.world.generate import WORLD_PRESETS, generate_world, read_pool_truth
-
-
-def _f(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
+from wood_train.world.config import WORLD_PRESETS
+from wood_train.world.generate import generate_world
+from wood_train.world.truth import read_pool_truth
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     """Settings of ``hardood demo``; ``tiny`` shrinks every step for a quick end-to-end check."""
 
-    out: Path = _f(Path("demo_workspace"), "workspace folder for every artefact")
-    manifest_dir: Path = _f(Path("data_manifests/demo-world"), "where the exported manifest goes")
-    world_preset: str = _f("default", "spurious-cue world preset: default | tiny")
-    baseline_epochs: int = _f(6, "baseline training epochs")
-    wood_epochs: int = _f(2, "W-OoD training epochs (from the baseline weights)")
-    queue_size: int = _f(400, "review queue length")
-    error_rate: float = _f(0.03, "simulated annotators: probability a verdict is wrong")
-    seconds_per_verdict: float = _f(1.1, "simulated annotators: median seconds per verdict")
-    cam_scales: tuple[float, ...] = _f(
+    out: Path = config_field(Path("demo_workspace"), "workspace folder for every artefact")
+    manifest_dir: Path = config_field(
+        Path("data_manifests/demo-world"), "where the exported manifest goes"
+    )
+    world_preset: str = config_field("default", "spurious-cue world preset: default | tiny")
+    baseline_epochs: int = config_field(6, "baseline training epochs")
+    wood_epochs: int = config_field(2, "W-OoD training epochs (from the baseline weights)")
+    queue_size: int = config_field(400, "review queue length")
+    error_rate: float = config_field(0.03, "simulated annotators: probability a verdict is wrong")
+    seconds_per_verdict: float = config_field(
+        1.1, "simulated annotators: median seconds per verdict"
+    )
+    cam_scales: tuple[float, ...] = config_field(
         (1.0, 0.5, 1.5, 2.0), "CAM inference scales (each with flip)"
     )
-    eval_split: str = _f("train", "split the CAM seeds are evaluated on (VOC standard: train)")
-    num_centers: int = _f(20, "K-means centres of the hard-OoD features")
-    wood_lr: float = _f(
+    eval_split: str = config_field(
+        "train", "split the CAM seeds are evaluated on (VOC standard: train)"
+    )
+    num_centers: int = config_field(20, "K-means centres of the hard-OoD features")
+    wood_lr: float = config_field(
         0.002, "W-OoD learning rate (continues from the baseline, so lower than its 0.01)"
     )
-    seed: int = _f(0, "seed of training and the simulated annotators")
-    tiny: bool = _f(False, "tiny world and few steps (the end-to-end test)")
+    seed: int = config_field(0, "seed of training and the simulated annotators")
+    tiny: bool = config_field(False, "tiny world and few steps (the end-to-end test)")
 
 
 @dataclass

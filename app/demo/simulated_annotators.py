@@ -9,7 +9,7 @@ with ``source='simulated'`` so reports and exports can say plainly that they wer
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pandas as pd
 
 from curate import store
 from curate.review import verdicts as review
+from wood_train.config import config_field
 from wood_train.progress import progress
 
 FLIP = {"no_foreground": "contains_foreground", "contains_foreground": "no_foreground"}
@@ -26,13 +27,13 @@ FLIP = {"no_foreground": "contains_foreground", "contains_foreground": "no_foreg
 class SimulatedTeam:
     """A team of simulated annotators working the review queue in grid pages."""
 
-    annotators: tuple[str, ...] = field(default=("sim-ana", "sim-ben"), metadata={"help": "names"})
-    error_rate: float = field(default=0.03, metadata={"help": "probability a verdict is flipped"})
-    seconds_per_verdict: float = field(default=1.1, metadata={"help": "median seconds per verdict"})
-    page_size: int = field(default=12, metadata={"help": "items per grid page"})
-    overlap: int = field(default=1, metadata={"help": "verdicts per item (k)"})
-    limit: int | None = field(default=None, metadata={"help": "stop after this many queue items"})
-    seed: int = field(default=0, metadata={"help": "seed of errors and timings"})
+    annotators: tuple[str, ...] = config_field(("sim-ana", "sim-ben"), "names")
+    error_rate: float = config_field(0.03, "probability a verdict is flipped")
+    seconds_per_verdict: float = config_field(1.1, "median seconds per verdict")
+    page_size: int = config_field(12, "items per grid page")
+    overlap: int = config_field(1, "verdicts per item (k)")
+    limit: int | None = config_field(None, "stop after this many queue items")
+    seed: int = config_field(0, "seed of errors and timings")
 
 
 def truth_by_sha(db_path: str | Path, truth: pd.DataFrame, pool_dir: str | Path) -> dict[str, bool]:

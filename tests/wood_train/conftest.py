@@ -1,6 +1,7 @@
 import pytest
 
-from wood_train.world.generate import WORLD_PRESETS, generate_world
+from wood_train.world.config import WORLD_PRESETS
+from wood_train.world.generate import generate_world
 
 
 @pytest.fixture(scope="session")

@@ -12,18 +12,10 @@ from PIL import Image
 from wood_train.config import load_yaml, replace
 from wood_train.data import voc
 from wood_train.data.imageio import read_image, read_label_png
-from wood_train.world.generate import (
-    POOL_KINDS,
-    WORLD_PRESETS,
-    WorldConfig,
-    add_cli,
-    config_from_args,
-    generate_world,
-    read_pool_truth,
-    read_world_info,
-    render_sample,
-    world_paths,
-)
+from wood_train.world.config import POOL_KINDS, WORLD_PRESETS, WorldConfig, world_paths
+from wood_train.world.generate import add_cli, config_from_args, generate_world, read_world_info
+from wood_train.world.scenes import render_sample
+from wood_train.world.truth import read_pool_truth
 
 TINY = WORLD_PRESETS["tiny"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from wood_train import config as cfg
 from wood_train.cam.make import load_cam
 from wood_train.cam.metrics import ThresholdSweepConfusion
+from wood_train.config import config_field
 from wood_train.data import voc
 from wood_train.data.imageio import read_label_png
 from wood_train.progress import progress
@@ -215,15 +216,13 @@ def evaluate_cams(
 class EvalConfig:
     """Settings of the ``evaluate`` stage."""
 
-    cam_dir: Path | None = field(default=None, metadata={"help": "folder of <id>.npy CAMs"})
-    voc_root: Path | None = field(default=None, metadata={"help": "dataset root in VOC layout"})
-    split: str = field(default="train", metadata={"help": "split name or path to an id list"})
-    thresholds: tuple[float, ...] = field(
-        default=DEFAULT_THRESHOLDS, metadata={"help": "background thresholds to sweep"}
+    cam_dir: Path | None = config_field(None, "folder of <id>.npy CAMs")
+    voc_root: Path | None = config_field(None, "dataset root in VOC layout")
+    split: str = config_field("train", "split name or path to an id list")
+    thresholds: tuple[float, ...] = config_field(
+        DEFAULT_THRESHOLDS, "background thresholds to sweep"
     )
-    out: Path | None = field(
-        default=None, metadata={"help": "JSON result (default <cam_dir>/eval.json)"}
-    )
+    out: Path | None = config_field(None, "JSON result (default <cam_dir>/eval.json)")
 
 
 def run_evaluation(config: EvalConfig) -> CamEvaluation:

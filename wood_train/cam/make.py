@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from wood_train import config as cfg
+from wood_train.config import config_field
 from wood_train.data import voc
 from wood_train.data.imageio import read_image
 from wood_train.data.transforms import normalize_image
@@ -46,17 +47,15 @@ OVERLAY_DIR = "overlays"
 class CamConfig:
     """Settings of the ``cam`` stage."""
 
-    checkpoint: Path | None = field(default=None, metadata={"help": "trained CamNet checkpoint"})
-    voc_root: Path | None = field(default=None, metadata={"help": "dataset root in VOC layout"})
-    split: str = field(default="train", metadata={"help": "split name or path to an id list"})
-    out_dir: Path | None = field(default=None, metadata={"help": "folder for <id>.npy CAM files"})
-    scales: tuple[float, ...] = field(
-        default=CAM_SCALES, metadata={"help": "inference scales, each run with its flip"}
-    )
-    num_workers: int = field(default=2, metadata={"help": "DataLoader workers decoding images"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda"})
-    overlays: bool = field(default=False, metadata={"help": "also write PNG overlays"})
-    overlay_alpha: float = field(default=0.5, metadata={"help": "weight of the CAM colour"})
+    checkpoint: Path | None = config_field(None, "trained CamNet checkpoint")
+    voc_root: Path | None = config_field(None, "dataset root in VOC layout")
+    split: str = config_field("train", "split name or path to an id list")
+    out_dir: Path | None = config_field(None, "folder for <id>.npy CAM files")
+    scales: tuple[float, ...] = config_field(CAM_SCALES, "inference scales, each run with its flip")
+    num_workers: int = config_field(2, "DataLoader workers decoding images")
+    device: str = config_field("auto", "auto (cuda if available), cpu, cuda")
+    overlays: bool = config_field(False, "also write PNG overlays")
+    overlay_alpha: float = config_field(0.5, "weight of the CAM colour")
 
 
 class CamInferenceDataset(Dataset):

@@ -1,39 +1,20 @@
 """The spurious-cue world: the project's embedded dataset, written in the VOC 2012 layout.
 
-Each foreground class has an object and a large context cue it stands on (train on rails, boat on
-water, aeroplane in sky, sheep on grass, car on road, bird in foliage). In train/val a cue never
-appears without its object, so a classifier trained on image labels learns the cue and its CAMs
-spill onto it. The unlabelled pool holds what curation must sort out: hard OoDs (cues, no object),
-easy OoDs (clutter only), contamination (images with objects) and near-duplicates::
-
-    OUT/world.yaml                            resolved config, provenance, names, counts
-    OUT/VOC2012/JPEGImages/<id>.jpg           ids "w_000000", ...
-    OUT/VOC2012/SegmentationClass/<id>.png    0 background, c = class c, 255 object edge
-    OUT/VOC2012/CueMasks/<id>.png             0 no cue, c = cue of class c
-    OUT/VOC2012/ImageSets/Segmentation/{train,val}.txt
-    OUT/VOC2012/{class_names,cue_names}.txt, cls_labels.npy
-    OUT/pool/p_<hex>.jpg                      unlabelled pool; names leak nothing
-    OUT/truth/pool_truth.csv                  file, kind, cues, objects, duplicate_of, transform
-
-``generate_world`` is deterministic: each image draws from its own generator seeded by
-(seed, stream, index), so every file except world.yaml's provenance is byte-identical across runs.
+Writes a world (layout in ``wood_train.world``) and runs ``hardood world``.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
-from PIL import Image
 
 from wood_train.config import (
     add_config_args,
@@ -44,181 +25,24 @@ from wood_train.config import (
 )
 from wood_train.data.imageio import decode_image, write_label_png
 from wood_train.progress import progress
-from wood_train.world.draw import CLASS_NAMES, CUE_NAMES, Scene, SceneStyle, Slot, draw_scene
-
-# bump when drawing changes, so an old world on disk is not mistaken for the current one
-GENERATOR_VERSION = 1
-POOL_KINDS = ("hard_ood", "easy_ood", "contaminated")
-TRUTH_COLUMNS = ("file", "kind", "cues", "objects", "duplicate_of", "transform")
-# fixed codes seed each stream's generators; never reorder (that would change every world)
-_STREAM_CODES = {"train": 1, "val": 2, "hard_ood": 3, "easy_ood": 4, "contaminated": 5}
-_DUPLICATE_CODE, _DUPLICATE_PICK_CODE, _POOL_NAME_CODE = 6, 7, 8
-
-
-def _help(default, text: str):
-    return field(default=default, metadata={"help": text})
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Everything that shapes a world; the same config always writes the same files."""
-
-    seed: int = _help(0, "seed of every random choice")
-    image_size: int = _help(64, "image side in pixels (square images)")
-    num_classes: int = _help(4, f"foreground classes, the first C of {', '.join(CLASS_NAMES)}")
-    p_cue: float = _help(0.9, "probability that an object's context cue is drawn with it")
-    p_two_objects: float = _help(0.2, "probability of two classes (or two cues) in one image")
-    n_train: int = _help(800, "training images")
-    n_val: int = _help(200, "validation images")
-    n_pool_hard: int = _help(300, "pool: hard OoDs (one or two cues, no object)")
-    n_pool_easy: int = _help(600, "pool: easy OoDs (clutter and distractor textures only)")
-    n_pool_contaminated: int = _help(200, "pool: images drawn like training images (with objects)")
-    n_pool_duplicates: int = _help(100, "pool: extra near-duplicates of other pool images")
-    object_size: tuple[float, float] = _help((0.35, 0.5), "object width range, fraction of side")
-    cue_extent: tuple[float, float] = _help((0.3, 0.5), "cue band height range, fraction of side")
-    pixel_noise: float = _help(0.03, "std of Gaussian pixel noise (intensities in [0, 1])")
-    brightness_jitter: float = _help(0.15, "brightness scaled by 1 +- this, per image")
-    jpeg_quality: int = _help(95, "JPEG quality of written images")
-
-    def __post_init__(self):
-        problems = []
-        if not 1 <= self.num_classes <= len(CLASS_NAMES):
-            problems.append(f"num_classes must be 1..{len(CLASS_NAMES)}, got {self.num_classes}")
-        if self.image_size < 24:
-            problems.append(f"image_size must be at least 24, got {self.image_size}")
-        for name in ("p_cue", "p_two_objects"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("n_train", "n_val"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("n_pool_hard", "n_pool_easy", "n_pool_contaminated", "n_pool_duplicates"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.n_pool_duplicates and not self.n_pool_originals:
-            problems.append("n_pool_duplicates needs at least one other pool image to copy")
-        for name in ("object_size", "cue_extent"):
-            lo_hi = getattr(self, name)
-            if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
-                problems.append(f"{name} must be two fractions 0 < lo <= hi <= 1, got {lo_hi}")
-        if not 1 <= self.jpeg_quality <= 100:
-            problems.append(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
-        if problems:
-            raise ValueError("invalid WorldConfig: " + "; ".join(problems))
-
-    @property
-    def n_pool_originals(self) -> int:
-        return self.n_pool_hard + self.n_pool_easy + self.n_pool_contaminated
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(CLASS_NAMES[: self.num_classes])
-
-    @property
-    def cue_names(self) -> list[str]:
-        return list(CUE_NAMES[: self.num_classes])
-
-
-WORLD_PRESETS = {
-    "default": WorldConfig(),
-    "tiny": WorldConfig(
-        image_size=32,
-        n_train=24,
-        n_val=12,
-        n_pool_hard=12,
-        n_pool_easy=16,
-        n_pool_contaminated=6,
-        n_pool_duplicates=6,
-    ),
-}
-
-
-@dataclass(frozen=True)
-class WorldPaths:
-    root: Path
-    voc_root: Path
-    pool_dir: Path
-    truth_csv: Path
-
-
-def world_paths(root: str | Path) -> WorldPaths:
-    root = Path(root)
-    return WorldPaths(root, root / "VOC2012", root / "pool", root / "truth" / "pool_truth.csv")
-
-
-# ---- one image ----------------------------------------------------------------------------------
-
-
-def render_sample(config: WorldConfig, stream: str, index: int) -> Scene:
-    """Draw image ``index`` of a stream ("train", "val", "hard_ood", "easy_ood", "contaminated").
-
-    The scene holds the image, class mask, cue mask and the objects and cues drawn; the pool's
-    cue masks are never written, so this is how a check sees where a hard OoD's cue lies.
-    """
-    if stream not in _STREAM_CODES:
-        raise ValueError(f"unknown world stream {stream!r}; choose one of {sorted(_STREAM_CODES)}")
-    rng = np.random.default_rng([config.seed, _STREAM_CODES[stream], index])
-    slots: list[Slot] = []
-    if stream != "easy_ood":
-        two = config.num_classes >= 2 and rng.random() < config.p_two_objects
-        classes = rng.choice(config.num_classes, 2 if two else 1, replace=False)
-        for k in classes:
-            if stream == "hard_ood":
-                slots.append(Slot(int(k), with_object=False, with_cue=True))
-            else:
-                slots.append(
-                    Slot(int(k), with_object=True, with_cue=bool(rng.random() < config.p_cue))
-                )
-    style = SceneStyle(
-        config.object_size, config.cue_extent, config.pixel_noise, config.brightness_jitter
-    )
-    return draw_scene(rng, config.image_size, slots, style)
-
-
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    # no chroma subsampling: at 32-64 px it would smear the thin rails and windows
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality), subsampling=0)
-    return buffer.getvalue()
-
-
-def near_duplicate(image: np.ndarray, rng: np.random.Generator, quality: int) -> tuple[bytes, str]:
-    """One transform of a pool image: JPEG re-encode, resize by 0.8-1.25x, or a 3-8% crop."""
-    kind = int(rng.integers(3))
-    height, width = image.shape[:2]
-    if kind == 0:
-        q = int(rng.integers(60, 86))
-        return encode_jpeg(image, q), f"jpeg q={q}"
-    if kind == 1:
-        factor = float(rng.uniform(0.8, 1.25))
-        side = round(width * factor)
-        if side == width:  # a factor near 1 must still change the size
-            side += 1 if factor >= 1 else -1
-        resized = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
-        return encode_jpeg(resized, quality), f"resize x{side / width:.2f}"
-    fraction = float(rng.uniform(0.03, 0.08))
-    cut = max(1, round(fraction * width))
-    top, left = int(rng.integers(0, cut + 1)), int(rng.integers(0, cut + 1))
-    cropped = image[top : top + height - cut, left : left + width - cut]
-    return encode_jpeg(np.ascontiguousarray(cropped), quality), f"crop {cut / width:.0%}"
-
-
-def _names(indices) -> str:
-    return ";".join(CLASS_NAMES[k] for k in indices)
-
-
-def _pool_file_names(config: WorldConfig, count: int) -> list[str]:
-    """Random hex names: the order of the folder says nothing about kind or generation order."""
-    rng = np.random.default_rng([config.seed, _POOL_NAME_CODE])
-    names: list[str] = []
-    taken: set[str] = set()
-    while len(names) < count:
-        name = f"p_{int(rng.integers(0, 2**32)):08x}.jpg"
-        if name not in taken:
-            taken.add(name)
-            names.append(name)
-    return names
-
+from wood_train.world.config import (
+    GENERATOR_VERSION,
+    POOL_KINDS,
+    TRUTH_COLUMNS,
+    WORLD_PRESETS,
+    WorldConfig,
+    WorldPaths,
+    world_paths,
+)
+from wood_train.world.scenes import (
+    DUPLICATE_CODE,
+    DUPLICATE_PICK_CODE,
+    class_list,
+    encode_jpeg,
+    near_duplicate,
+    pool_file_names,
+    render_sample,
+)
 
 # ---- writing a world ----------------------------------------------------------------------------
 
@@ -276,7 +100,7 @@ def _write_splits(config: WorldConfig, voc: Path, bar) -> None:
 def _write_pool(config: WorldConfig, pool_dir: Path, bar) -> pd.DataFrame:
     """The unlabelled pool under random names; returns its truth table, sorted by file name."""
     pool_dir.mkdir()
-    names = iter(_pool_file_names(config, config.n_pool_originals + config.n_pool_duplicates))
+    names = iter(pool_file_names(config, config.n_pool_originals + config.n_pool_duplicates))
     rows: list[dict[str, str]] = []
     originals: list[np.ndarray] = []  # decoded as written, the source of near-duplicates
     for kind, count in zip(POOL_KINDS, _pool_counts(config)):
@@ -285,18 +109,18 @@ def _write_pool(config: WorldConfig, pool_dir: Path, bar) -> pd.DataFrame:
             name, data = next(names), encode_jpeg(scene.image, config.jpeg_quality)
             (pool_dir / name).write_bytes(data)
             originals.append(decode_image(data, name))
-            cues, objects = _names(scene.cues), _names(scene.objects)
+            cues, objects = class_list(scene.cues), class_list(scene.objects)
             rows.append(
                 dict(
                     file=name, kind=kind, cues=cues, objects=objects, duplicate_of="", transform=""
                 )
             )
             bar.update(1)
-    picks = np.random.default_rng([config.seed, _DUPLICATE_PICK_CODE]).choice(
+    picks = np.random.default_rng([config.seed, DUPLICATE_PICK_CODE]).choice(
         len(originals), config.n_pool_duplicates, replace=config.n_pool_duplicates > len(originals)
     )
     for index, original in enumerate(picks):
-        rng = np.random.default_rng([config.seed, _DUPLICATE_CODE, index])
+        rng = np.random.default_rng([config.seed, DUPLICATE_CODE, index])
         data, transform = near_duplicate(originals[original], rng, config.jpeg_quality)
         name = next(names)
         (pool_dir / name).write_bytes(data)
@@ -422,18 +246,6 @@ def _install(partial: Path, out_dir: Path, config: WorldConfig, force: bool) -> 
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def read_pool_truth(world_root: str | Path) -> pd.DataFrame:
-    """The pool's ground truth (one row per pool file). Evaluation only: mining never reads it."""
-    path = world_paths(world_root).truth_csv
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pool truth not found; is {world_root} a world folder?")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in TRUTH_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}")
-    return table
-
-
 # ---- command line -------------------------------------------------------------------------------
 
 
@@ -441,7 +253,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "world",
         help="generate the spurious-cue world (VOC layout, unlabelled pool, pool truth)",
-        description=__doc__.split("\n\n")[0],
+        description="Generate the spurious-cue world: VOC layout, an unlabelled pool and its truth.",
     )
     parser.add_argument("--out", type=Path, required=True, help="world folder to write")
     parser.add_argument(
