@@ -22,7 +22,7 @@ def test_every_field_is_a_cli_option_with_the_right_type():
     parser = argparse.ArgumentParser()
     cfg.add_config_args(parser, TrainConfig)
     args = parser.parse_args(
-        ["--voc-root", "data/VOC2012", "--resize-long", "10", "20", "--frozen-bn", "false",
+        ["--voc-root", "data/VOC2012", "--resize-long", "10", "20", "--no-frozen-bn",
          "--backbone-weights", "none", "--lr", "0.5", "--ignore-classes", "bottle", "chair"]
     )  # fmt: skip
     overrides = cfg.overrides_from_args(args, TrainConfig)
