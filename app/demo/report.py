@@ -271,7 +271,7 @@ hardood queue --db {db} --top 20
 hardood annotate --db {db}          # the real app on this store
 hardood export --db {db} --out {manifest} --force
 hardood train --preset world --voc-root {voc} --out-dir {ws}/runs/wood \\
-    --init-checkpoint {base_ck} --ood-manifest {manifest} --frozen-bn true \\
+    --init-checkpoint {base_ck} --ood-manifest {manifest} --frozen-bn \\
     --lr {config.wood_lr} --epochs {config.wood_epochs} --num-centers {config.num_centers}
 hardood cam --checkpoint {wood_ck} --voc-root {voc} --split {config.eval_split} --out {ws}/cams/wood
 hardood evaluate --cam-dir {ws}/cams/wood --voc-root {voc} --split {config.eval_split}
