@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.cli import main as hardood_main  # noqa: E402
 from curate import store  # noqa: E402
 from curate.ingest.pool_sources import iter_pool  # noqa: E402
-from curate.mine import main as mine_main  # noqa: E402
 from wood_train.data.imageio import read_image  # noqa: E402
 from wood_train.data.transforms import normalize_image, resize_long_side  # noqa: E402
 from wood_train.model.cam_net import build_cam_net  # noqa: E402
@@ -81,7 +81,7 @@ def mine_end_to_end(
     if workers is not None:
         argv += ["--workers", str(workers)]
     started = time.perf_counter()
-    mine_main(argv)
+    hardood_main(["mine", *argv])
     return time.perf_counter() - started
 
 

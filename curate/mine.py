@@ -9,10 +9,8 @@ re-running the same command after a crash or a kill continues where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,16 +23,17 @@ import pandas as pd
 from curate import store
 from curate.ingest.pool_sources import TagTable, foreground_tags, iter_pool, load_tag_map
 from curate.ingest.register import ingest_pool
-from curate.mine_config import EMBEDDERS, HARDNESS_MODES, PRESETS, MineConfig
+from curate.mine_config import EMBEDDERS, HARDNESS_MODES, MineConfig
 from curate.queue.build import QueueSettings, build_queue
 from curate.score.scoring import (
     Scorer,
     rescore_hardness,
-    resolve_device,
     resolve_image_size,
     score_pool,
 )
 from wood_train import config as cfg
+from wood_train.device import resolve_device
+from wood_train.errors import ConfigError, MissingInputError
 from wood_train.model.checkpoint import load_cam_net
 
 
@@ -61,20 +60,20 @@ def bad_reason_counts(db_path: str | Path) -> dict[str, int]:
 
 def _check(config: MineConfig) -> None:
     if config.checkpoint is None:
-        raise ValueError("mine needs --checkpoint (the baseline classifier that scores the pool)")
+        raise ConfigError("mine needs --checkpoint (the baseline classifier that scores the pool)")
     if config.hardness not in HARDNESS_MODES:
-        raise ValueError(f"--hardness must be one of {HARDNESS_MODES}, got {config.hardness!r}")
+        raise ConfigError(f"--hardness must be one of {HARDNESS_MODES}, got {config.hardness!r}")
     if config.embedder not in EMBEDDERS:
-        raise ValueError(f"--embedder must be one of {EMBEDDERS}, got {config.embedder!r}")
+        raise ConfigError(f"--embedder must be one of {EMBEDDERS}, got {config.embedder!r}")
     if config.embedder == "open_clip" and config.clip_checkpoint is None:
-        raise ValueError("--embedder open_clip needs --clip-checkpoint (a local weights file)")
+        raise ConfigError("--embedder open_clip needs --clip-checkpoint (a local weights file)")
     if config.clip_checkpoint is not None and not Path(config.clip_checkpoint).is_file():
-        raise FileNotFoundError(f"CLIP checkpoint not found: {config.clip_checkpoint}")
+        raise MissingInputError(f"CLIP checkpoint not found: {config.clip_checkpoint}")
     for source in config.pool:
         if not Path(source).exists():
-            raise FileNotFoundError(f"pool source not found: {source}")
+            raise MissingInputError(f"pool source not found: {source}")
     if config.queue_size < 0 or config.batch_size < 1 or (config.workers or 0) < 0:
-        raise ValueError("--queue-size, --batch-size and --workers must not be negative")
+        raise ConfigError("--queue-size, --batch-size and --workers must not be negative")
 
 
 def loader_workers(requested: int | None, device) -> int:
@@ -215,49 +214,3 @@ def _class_mix(queue: pd.DataFrame) -> str:
 
 
 # ---- `hardood mine` ---------------------------------------------------------------------------
-
-_FLAGS = ("rehash", "amp", "expand_from_verdicts")
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "mine",
-        help="score a candidate pool and build the hard-OoD review queue",
-        description="Ingest a pool (folder, list or CSV), score it with the baseline classifier, "
-        "group near duplicates and build the review queue. Re-run to resume or to add images.",
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="named settings to start from (default: default)")  # fmt: skip
-    cfg.add_config_args(parser, MineConfig, skip=_FLAGS)
-    for name in _FLAGS:
-        field_ = next(f for f in dataclasses.fields(MineConfig) if f.name == name)
-        parser.add_argument("--" + name.replace("_", "-"), dest=name,
-                            action=argparse.BooleanOptionalAction, default=None,
-                            help=field_.metadata["help"])  # fmt: skip
-    parser.set_defaults(func=run_from_args)
-
-
-def config_from_args(args: argparse.Namespace) -> MineConfig:
-    overrides = {
-        k: v for k, v in cfg.overrides_from_args(args, MineConfig).items() if k not in _FLAGS
-    }
-    overrides.update({n: getattr(args, n) for n in _FLAGS if getattr(args, n, None) is not None})
-    return cfg.replace(PRESETS[args.preset], **overrides)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    result = mine(config_from_args(args))
-    print(f"mine: run {result.run_id} done; `hardood queue --db {result.db}` shows the queue")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m curate.mine ...``: the same as ``hardood mine ...``."""
-    parser = argparse.ArgumentParser(prog="hardood")
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["mine", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

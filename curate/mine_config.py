@@ -9,6 +9,7 @@ from wood_train.config import config_field
 
 HARDNESS_MODES = ("probability", "energy")
 EMBEDDERS = ("classifier", "open_clip")
+DEFAULT_EMBEDDER = "classifier"  # the baseline classifier's GAP features
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from wood_train.errors import DataError, MissingInputError
+
 BUSY_TIMEOUT_S = 30.0
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
-VERDICTS = ("no_foreground", "contains_foreground", "unsure", "bad_image")
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,7 +113,7 @@ def _raw_connection(db_path: str | Path) -> sqlite3.Connection:
         # can drop the last few, and the store is never corrupted (SQLite's documented trade-off)
         conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.DatabaseError as exc:
-        raise ValueError(f"{db_path}: not a usable curation database ({exc})") from None
+        raise DataError(f"{db_path}: not a usable curation database ({exc})") from None
     return conn
 
 
@@ -130,7 +131,7 @@ def connect(db_path: str | Path, immediate: bool = False) -> Iterator[sqlite3.Co
     """
     path = Path(db_path)
     if not path.is_file():
-        raise FileNotFoundError(f"curation database not found: {path} (run `hardood mine` first)")
+        raise MissingInputError(f"curation database not found: {path} (run `hardood mine` first)")
     conn = _raw_connection(path)
     try:
         if immediate:
@@ -168,7 +169,7 @@ def open_store(db_path: str | Path) -> Path:
             conn.execute("PRAGMA journal_mode = WAL")
             version = _read_version(conn)
         except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{path}: not a usable curation database ({exc})") from None
+            raise DataError(f"{path}: not a usable curation database ({exc})") from None
         _refuse_newer(path, version)
         if version == SCHEMA_VERSION:
             return path
@@ -192,9 +193,17 @@ def open_store(db_path: str | Path) -> Path:
     return path
 
 
+def open_existing(db_path: str | Path) -> Path:
+    """``open_store`` for commands that read a store: refuse a path that is not there."""
+    path = Path(db_path)
+    if not path.is_file():
+        raise MissingInputError(f"curation database not found: {path} (run `hardood mine` first)")
+    return open_store(path)
+
+
 def _refuse_newer(path: Path, version: int) -> None:
     if version > SCHEMA_VERSION:
-        raise ValueError(
+        raise DataError(
             f"{path}: store has schema version {version}, but this hardood knows only up to "
             f"{SCHEMA_VERSION}; upgrade hardood to open it"
         )
@@ -234,7 +243,7 @@ def ensure_classes(conn: sqlite3.Connection, class_names: list[str], source: str
     if stored is None:
         set_meta(conn, "classes", json.dumps(list(class_names)))
     elif stored != list(class_names):
-        raise ValueError(
+        raise DataError(
             f"{source or 'checkpoint'} has classes {list(class_names)}, but this store was mined "
             f"with {stored}; use a checkpoint with the same classes or a new --db"
         )

@@ -7,7 +7,7 @@ from PIL import Image
 from app.demo.report import TILE
 from app.demo.run import DemoConfig, run_demo
 from wood_train.data.voc import read_class_names
-from wood_train.manifest.contract import validate_manifest
+from wood_train.manifest.validate import validate_manifest
 
 
 def test_tiny_demo_end_to_end_and_rerun(tmp_path):

@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from wood_train.errors import ConfigError, MissingInputError
+
 T = TypeVar("T")
 
 _MISSING = object()
@@ -141,6 +143,40 @@ def add_config_args(
         )
 
 
+def add_stage_args(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    presets: dict[str, Any] | None = None,
+    default_preset: str | None = None,
+) -> None:
+    """The options every stage shares: ``--preset`` (when it has presets), ``--config FILE`` (a
+    saved config.yaml or JSON, which flags override) and one option per ``cls`` field."""
+    if presets:
+        parser.add_argument(
+            "--preset",
+            choices=sorted(presets),
+            default=default_preset,
+            help=f"named settings to start from (default: {default_preset})",
+        )
+    parser.add_argument(
+        "--config", type=Path, help="start from a saved config (YAML or JSON); flags override it"
+    )
+    add_config_args(parser, cls)
+
+
+def config_from_args(
+    args: argparse.Namespace, cls: type[T], presets: dict[str, T] | None = None
+) -> T:
+    """The config ``add_stage_args`` describes: the file or preset, then the flags on top."""
+    if getattr(args, "config", None):
+        base = load_yaml(cls, args.config)
+    elif presets:
+        base = presets[args.preset]
+    else:
+        base = cls()
+    return replace(base, **overrides_from_args(args, cls))
+
+
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields the user set on the command line."""
     out = {}
@@ -156,7 +192,7 @@ def replace(config: T, **changes: Any) -> T:
     names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
     unknown = sorted(set(changes) - names)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{type(config).__name__} has no field(s) {unknown}; known: {sorted(names)}"
         )
     return dataclasses.replace(config, **changes)  # type: ignore[type-var]
@@ -179,7 +215,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -192,6 +228,9 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
+    """A config saved by ``save_config`` (or any YAML/JSON mapping of its fields)."""
+    if not Path(path).is_file():
+        raise MissingInputError(f"config file not found: {path}")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     data = data.get("config", data)

@@ -7,8 +7,6 @@ Interrupted runs resume from ``last.pt`` and end with the same weights as an uni
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import math
 import time
@@ -22,11 +20,13 @@ from wood_train import config as cfg
 from wood_train import distributed
 from wood_train.data.datasets import epoch_order, fixed_order_loader, voc_classification_dataset
 from wood_train.data.transforms import TrainTransform
+from wood_train.device import autocast, resolve_device
+from wood_train.errors import ConfigError, DataError, OutputExistsError
 from wood_train.model.cam_net import build_cam_net
 from wood_train.model.checkpoint import load_cam_net, read_checkpoint, save_checkpoint
 from wood_train.progress import progress
 from wood_train.run_log import RunLog
-from wood_train.train_config import PRESETS, TrainConfig
+from wood_train.train_config import TrainConfig
 
 
 @dataclass
@@ -39,12 +39,6 @@ class TrainResult:
     model: torch.nn.Module | None = field(default=None, repr=False)  # this rank's final weights
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def poly_lr(base: float, step: int, max_step: int, power: float) -> float:
     return base * (1 - step / max_step) ** power
 
@@ -53,7 +47,7 @@ def build_model(config: TrainConfig, num_classes: int, device: torch.device):
     if config.init_checkpoint:
         model, meta = load_cam_net(config.init_checkpoint, frozen_bn=config.frozen_bn)
         if model.num_classes != num_classes:
-            raise ValueError(
+            raise DataError(
                 f"{config.init_checkpoint}: has {model.num_classes} classes, data has {num_classes}"
             )
     else:
@@ -82,7 +76,7 @@ def _run_key(config: TrainConfig) -> str:
 def train(config: TrainConfig) -> TrainResult:
     """Train per ``config``; returns the selected checkpoint. Safe to re-run: it resumes or reuses."""
     if config.voc_root is None:
-        raise ValueError("voc_root is required (the VOC-layout dataset to train on)")
+        raise ConfigError("voc_root is required (the VOC-layout dataset to train on)")
     rank, world_size = distributed.setup()
     device = resolve_device(config.device)
     if device.type == "cuda" and world_size > 1:
@@ -120,7 +114,7 @@ def train(config: TrainConfig) -> TrainResult:
     resume = read_checkpoint(last_path) if last_path.is_file() else None
     if resume is not None:
         if resume.get("run_key") != run_key:
-            raise ValueError(
+            raise OutputExistsError(
                 f"{last_path}: belongs to a run with another config; use a new --out-dir or delete it"
             )
         model.load_state_dict(resume["state_dict"])
@@ -141,7 +135,7 @@ def train(config: TrainConfig) -> TrainResult:
         len(epoch_order(len(dataset), config.seed, 0, rank, world_size)) // config.batch_size
     )
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise DataError(
             f"{config.train_split}: {len(dataset)} images are fewer than one batch of {config.batch_size}"
         )
     max_step = steps_per_epoch * config.epochs
@@ -149,11 +143,6 @@ def train(config: TrainConfig) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save_config(config, out / "config.yaml", class_names=class_names)
     log = RunLog(out / "train_log.csv", enabled=rank == 0, resume_step=step)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and config.amp
-        else contextlib.nullcontext()
-    )
     started = time.time()
 
     def checkpoint(path: Path, epoch: int, **extra) -> str:
@@ -187,7 +176,7 @@ def train(config: TrainConfig) -> TrainResult:
             )
             n_id = images.shape[0]
             terms = {}
-            with autocast:
+            with autocast(device, config.amp, training=True):
                 if wood is None:
                     logits = ddp_model(images)
                     loss = terms["bce"] = F.multilabel_soft_margin_loss(logits, labels)
@@ -246,37 +235,3 @@ def _validate(model, config: TrainConfig, class_names: list[str], device) -> dic
     from wood_train.validation import validate  # imports the CAM/eval stack only when needed
 
     return validate(model, config, class_names, device)
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train the CAM classifier (baseline, or W-OoD with --ood-manifest)",
-        description="Train the CAM classifier. Without --ood-manifest: the baseline (WOOD_SPEC section 1). "
-        "With --ood-manifest MANIFEST: W-OoD (section 3), starting from --init-checkpoint. "
-        "Re-running the same command resumes an interrupted run or reuses a finished one.",
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="world", help="named config preset"
-    )
-    parser.add_argument(
-        "--config", type=Path, help="YAML config (e.g. a run's config.yaml); flags override it"
-    )
-    cfg.add_config_args(parser, TrainConfig)
-    parser.set_defaults(func=run_from_args)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    base = cfg.load_yaml(TrainConfig, args.config) if args.config else PRESETS[args.preset]
-    return cfg.replace(base, **cfg.overrides_from_args(args, TrainConfig))
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    result = train(config_from_args(args))
-    metrics = ", ".join(
-        f"{k} {v:.4f}" for k, v in result.val_metrics.items() if isinstance(v, float)
-    )
-    print(
-        f"train: {result.checkpoint} (epoch {result.selected_epoch + 1} selected; {metrics}; {result.seconds:.0f} s)"
-    )
-    return 0

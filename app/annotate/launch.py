@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wood_train.config import add_config_args, config_field, overrides_from_args, replace
+from wood_train.errors import ConfigError, MissingInputError
 
 APP_SCRIPT = Path(__file__).with_name("streamlit_app.py")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -52,29 +53,29 @@ def check_config(config: AnnotateConfig, environ: dict[str, str] | None = None) 
     """Raise a user-facing error if the app must not start with this config."""
     environ = os.environ if environ is None else environ
     if config.db is None:
-        raise ValueError("--db is required: the curation store to review")
+        raise ConfigError("--db is required: the curation store to review")
     if not Path(config.db).is_file():
-        raise FileNotFoundError(f"curation database not found: {config.db} (run `hardood mine`)")
+        raise MissingInputError(f"curation database not found: {config.db} (run `hardood mine`)")
     if config.password_env is None and not is_local_host(config.host):
-        raise ValueError(
+        raise ConfigError(
             f"refusing to listen on {config.host} without a password: anyone who can reach it "
             "could label images. Pass --password-env VAR (VAR holding the team password) or "
             "keep --host 127.0.0.1"
         )
     if config.password_env is not None and not environ.get(config.password_env):
-        raise ValueError(
+        raise ConfigError(
             f"--password-env {config.password_env}: that environment variable is not set or empty"
         )
     if config.overlap < 1:
-        raise ValueError(f"--overlap must be at least 1, got {config.overlap}")
+        raise ConfigError(f"--overlap must be at least 1, got {config.overlap}")
     if not 1 <= config.grid_size <= MAX_GRID_SIZE:
-        raise ValueError(
+        raise ConfigError(
             f"--grid-size must be between 1 and {MAX_GRID_SIZE}, got {config.grid_size}"
         )
     if not config.lease_seconds > 0:
-        raise ValueError(f"--lease-seconds must be positive, got {config.lease_seconds}")
+        raise ConfigError(f"--lease-seconds must be positive, got {config.lease_seconds}")
     if not 0 < config.port < 65536:
-        raise ValueError(f"--port must be between 1 and 65535, got {config.port}")
+        raise ConfigError(f"--port must be between 1 and 65535, got {config.port}")
 
 
 def app_arguments(config: AnnotateConfig) -> list[str]:
@@ -127,21 +128,10 @@ def parse_app_args(argv: list[str]) -> AnnotateConfig:
     return replace(AnnotateConfig(), **overrides_from_args(args, AnnotateConfig))
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "annotate",
-        help="serve the review app: label the queue as a team (grid and single views)",
-        description=__doc__.split("\n\n")[0],
-    )
-    add_config_args(parser, AnnotateConfig)
-    parser.set_defaults(func=run_from_args)
-    return parser
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    config = replace(AnnotateConfig(), **overrides_from_args(args, AnnotateConfig))
+def launch(config: AnnotateConfig) -> int:
+    """Run the app in the foreground until Ctrl+C; returns Streamlit's exit status."""
     check_config(config)
-    root = str(Path(__file__).resolve().parent.parent)  # so the script imports app/curate
+    root = str(Path(__file__).resolve().parents[2])  # so the script imports app, curate, wood_train
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     )

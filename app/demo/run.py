@@ -8,7 +8,6 @@ unchanged, so a second ``make demo`` after an interruption resumes instead of st
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.demo import report as demo_report
+from app.demo.config import DemoConfig
 from app.demo.simulated_annotators import SimulatedTeam, simulate_review
 from curate.export.build import export_manifest
 from curate.mine import mine
@@ -25,42 +25,11 @@ from curate.mine_config import PRESETS as MINE_PRESETS
 from wood_train import config as cfg
 from wood_train.cam.evaluate import EvalConfig, run_evaluation
 from wood_train.cam.make import CamConfig, make_cams
-from wood_train.config import config_field
 from wood_train.train import train
 from wood_train.train_config import PRESETS as TRAIN_PRESETS
 from wood_train.world.config import WORLD_PRESETS
 from wood_train.world.generate import generate_world
 from wood_train.world.truth import read_pool_truth
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Settings of ``hardood demo``; ``tiny`` shrinks every step for a quick end-to-end check."""
-
-    out: Path = config_field(Path("demo_workspace"), "workspace folder for every artefact")
-    manifest_dir: Path = config_field(
-        Path("data_manifests/demo-world"), "where the exported manifest goes"
-    )
-    world_preset: str = config_field("default", "spurious-cue world preset: default | tiny")
-    baseline_epochs: int = config_field(6, "baseline training epochs")
-    wood_epochs: int = config_field(2, "W-OoD training epochs (from the baseline weights)")
-    queue_size: int = config_field(400, "review queue length")
-    error_rate: float = config_field(0.03, "simulated annotators: probability a verdict is wrong")
-    seconds_per_verdict: float = config_field(
-        1.1, "simulated annotators: median seconds per verdict"
-    )
-    cam_scales: tuple[float, ...] = config_field(
-        (1.0, 0.5, 1.5, 2.0), "CAM inference scales (each with flip)"
-    )
-    eval_split: str = config_field(
-        "train", "split the CAM seeds are evaluated on (VOC standard: train)"
-    )
-    num_centers: int = config_field(20, "K-means centres of the hard-OoD features")
-    wood_lr: float = config_field(
-        0.002, "W-OoD learning rate (continues from the baseline, so lower than its 0.01)"
-    )
-    seed: int = config_field(0, "seed of training and the simulated annotators")
-    tiny: bool = config_field(False, "tiny world and few steps (the end-to-end test)")
 
 
 @dataclass
@@ -245,29 +214,3 @@ def _export_summary(result) -> str:
     return (
         f"{result.no_foreground} hard OoDs of {result.images} reviewed images -> {result.out_dir}"
     )
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="run the whole story on the embedded world (what `make demo` runs)",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument(
-        "--fresh", action="store_true", help="wipe the workspace and the demo manifest first"
-    )
-    cfg.add_config_args(parser, DemoConfig)
-    parser.set_defaults(func=run_from_args)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    config = cfg.replace(DemoConfig(), **cfg.overrides_from_args(args, DemoConfig))
-    if args.fresh:
-        for folder in (Path(config.out), Path(config.manifest_dir)):
-            if folder.exists():
-                shutil.rmtree(folder)
-    path = run_demo(config)
-    print(
-        f"demo: report at {path}; open the app on this store with: hardood annotate --db {Path(config.out) / 'curation.db'}"
-    )
-    return 0

@@ -18,6 +18,7 @@ import pandas as pd
 from curate import store
 from curate.review import verdicts as review
 from wood_train.config import config_field
+from wood_train.errors import DataError
 from wood_train.progress import progress
 
 FLIP = {"no_foreground": "contains_foreground", "contains_foreground": "no_foreground"}
@@ -77,7 +78,7 @@ def simulate_review(
             verdicts = []
             for item in page:
                 if item.sha256 not in contains:
-                    raise KeyError(f"image {item.sha256[:12]} in the queue has no truth row")
+                    raise DataError(f"image {item.sha256[:12]} in the queue has no truth row")
                 verdict = "contains_foreground" if contains[item.sha256] else "no_foreground"
                 if rng.random() < team.error_rate:
                     verdict = FLIP[verdict]

@@ -17,7 +17,6 @@ place; an existing export is replaced only with ``force``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -33,14 +32,15 @@ import pandas as pd
 from curate import store
 from curate.ingest.image_files import contained_file
 from curate.review import verdicts as review
+from wood_train.errors import ConfigError, DataError, MissingInputError, OutputExistsError
 from wood_train.manifest.contract import (
     CSV_NAME,
     LABEL_POLICIES,
     META_NAME,
     TRAINED_VERDICT,
     verdict_from_votes,
-    write_manifest,
 )
+from wood_train.manifest.write import write_manifest
 
 OOD_LIST_NAME = "ood_list.txt"
 EXPORT_FILES = (CSV_NAME, META_NAME, OOD_LIST_NAME)
@@ -105,7 +105,7 @@ def _image_location(sha256: str, locations: list[tuple[str, str]]) -> tuple[str,
         if contained_file(root, relpath) is not None:
             return root, relpath
     where = f" (first: {locations[0][1]!r} under {locations[0][0]})" if locations else ""
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"image {sha256[:12]}: no registered path is a file inside its root{where}; "
         "was the pool moved?"
     )
@@ -114,24 +114,22 @@ def _image_location(sha256: str, locations: list[tuple[str, str]]) -> tuple[str,
 def build_export(db_path: str | Path, policy: str = "majority") -> tuple[pd.DataFrame, dict]:
     """The manifest rows (in queue order) and meta for the reviews in the store, unwritten."""
     if policy not in LABEL_POLICIES:
-        raise ValueError(f"unknown label policy {policy!r}; choose one of {LABEL_POLICIES}")
+        raise ConfigError(f"unknown label policy {policy!r}; choose one of {LABEL_POLICIES}")
     verdicts, items, facts = _read_reviews(db_path)
     if items.empty:
-        raise ValueError(f"{db_path}: no verdicts yet, nothing to export (run `hardood annotate`)")
+        raise DataError(f"{db_path}: no verdicts yet, nothing to export (run `hardood annotate`)")
     classes = facts["classes"]
     if not classes:
-        raise ValueError(f"{db_path}: the store records no class names (run `hardood mine` first)")
+        raise DataError(f"{db_path}: the store records no class names (run `hardood mine` first)")
     missing_scores = items.loc[items["top_score"].isna(), "sha256"].tolist()
     if missing_scores:
-        raise ValueError(
+        raise DataError(
             f"{db_path}: {len(missing_scores)} reviewed image(s) have no scores from the queue's "
             f"checkpoint (first: {missing_scores[0][:12]}); re-run `hardood queue`"
         )
     checkpoints = sorted({c for c in items["checkpoint_sha256"] if c})
     if len(checkpoints) > 1:
-        raise ValueError(
-            f"{db_path}: reviewed images were ranked by {len(checkpoints)} checkpoints"
-        )
+        raise DataError(f"{db_path}: reviewed images were ranked by {len(checkpoints)} checkpoints")
 
     located = {
         sha: _image_location(sha, facts["locations"].get(sha, [])) for sha in items["sha256"]
@@ -185,15 +183,15 @@ def _refuse_to_clobber(out_dir: Path, force: bool) -> None:
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder; choose another --out")
+        raise OutputExistsError(f"{out_dir} exists and is not a folder; choose another --out")
     contents = {p.name for p in out_dir.iterdir()}
     foreign = sorted(contents - set(EXPORT_FILES))
     if foreign:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{out_dir} holds files that are not an export ({foreign[:5]}); choose a new folder"
         )
     if contents and not force:
-        raise FileExistsError(f"{out_dir} already holds an export; pass --force to replace it")
+        raise OutputExistsError(f"{out_dir} already holds an export; pass --force to replace it")
 
 
 def _write_text_synced(path: Path, text: str) -> None:
@@ -259,34 +257,3 @@ def export_manifest(
                                                "no_foreground": result.no_foreground,
                                                "verdicts": result.verdicts})  # fmt: skip
     return result
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "export",
-        help="write the reviewed images as a hard-OoD manifest (and ood_list.txt)",
-        description=__doc__.split("\n\n")[0],
-    )
-    parser.add_argument("--db", type=Path, required=True, help="curation store (SQLite)")
-    parser.add_argument("--out", type=Path, required=True, help="manifest folder to write")
-    parser.add_argument(
-        "--policy", choices=LABEL_POLICIES, default="majority",
-        help="how several votes become one verdict (default: majority)",
-    )  # fmt: skip
-    parser.add_argument("--force", action="store_true", help="replace an existing export")
-    parser.set_defaults(func=run_from_args)
-    return parser
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    if not Path(args.db).is_file():
-        raise FileNotFoundError(f"curation database not found: {args.db}")
-    try:
-        result = export_manifest(args.db, args.out, policy=args.policy, force=args.force)
-    except FileExistsError as exc:
-        raise ValueError(str(exc)) from None  # the CLI prints ValueErrors as one clean line
-    print(
-        f"exported {result.images} reviewed images ({result.no_foreground} no_foreground, "
-        f"policy {args.policy}, {result.verdicts} verdicts) -> {result.out_dir}"
-    )
-    return 0

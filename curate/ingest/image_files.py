@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path, PurePosixPath
 
 from curate import store
+from wood_train.errors import DataError
 
 
 def contained_file(root: str | Path, relpath: str) -> Path | None:
@@ -79,5 +80,5 @@ def read_image_bytes(db_path: str | Path, sha256: str) -> tuple[bytes, Path]:
             return data, path
         changed = path
     if changed is not None:
-        raise ValueError(f"{changed}: file content changed since it was mined (sha256 differs)")
+        raise DataError(f"{changed}: file content changed since it was mined (sha256 differs)")
     raise _not_found(db_path, sha256, locations)

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from wood_train.errors import ConfigError, DataError, MissingInputError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 LIST_SUFFIXES = (".txt", ".lst")
 PATH_COLUMNS = ("path", "file", "filepath", "image", "ImageID")
@@ -79,7 +81,7 @@ def _iter_text_list(source: Path) -> Iterator[PoolFile]:
 def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, ...], source: Path):
     if wanted:
         if wanted not in header:
-            raise KeyError(f"{source}: no column {wanted!r}; columns are {header}")
+            raise DataError(f"{source}: no column {wanted!r}; columns are {header}")
         return wanted
     for name in candidates:
         if name in header:
@@ -94,14 +96,14 @@ def _iter_csv(source: Path, path_column: str | None, tags_column: str | None) ->
         header = list(reader.fieldnames or [])
         path_col = _pick_column(header, path_column, PATH_COLUMNS, source)
         if path_col is None:
-            raise KeyError(
+            raise DataError(
                 f"{source}: no path column; expected one of {PATH_COLUMNS}, got {header}"
             )
         tags_col = _pick_column(header, tags_column, TAG_COLUMNS, source)
         for line_no, row in enumerate(reader, start=2):
             text = (row.get(path_col) or "").strip()
             if not text:
-                raise ValueError(f"{source}, line {line_no}: empty {path_col!r}")
+                raise DataError(f"{source}, line {line_no}: empty {path_col!r}")
             item = _split_listed(text, base)
             tags = split_tags(row.get(tags_col)) if tags_col else None
             yield PoolFile(item.root, item.relpath, tags)
@@ -115,13 +117,13 @@ def iter_pool(
     if source.is_dir():
         yield from _walk_directory(source.resolve())
     elif not source.exists():
-        raise FileNotFoundError(f"pool source not found: {source}")
+        raise MissingInputError(f"pool source not found: {source}")
     elif source.suffix.lower() == ".csv":
         yield from _iter_csv(source, path_column, tags_column)
     elif source.suffix.lower() in LIST_SUFFIXES:
         yield from _iter_text_list(source)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"{source}: a pool source is a folder, a .txt/.lst list of paths, or a .csv with a "
             "path column"
         )
@@ -135,7 +137,7 @@ class TagTable:
     ):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"tags CSV not found: {self.path}")
+            raise MissingInputError(f"tags CSV not found: {self.path}")
         self._tags: dict[str, set[str]] = {}
         with open(self.path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -143,7 +145,7 @@ class TagTable:
             key_col = _pick_column(header, path_column, PATH_COLUMNS, self.path)
             tags_col = _pick_column(header, tags_column, TAG_COLUMNS, self.path)
             if key_col is None or tags_col is None:
-                raise KeyError(
+                raise DataError(
                     f"{self.path}: needs a path column ({PATH_COLUMNS}) and a tags column "
                     f"({TAG_COLUMNS}); got {header}"
                 )
@@ -163,16 +165,16 @@ def load_tag_map(path: str | Path | None = None) -> dict[str, set[str]]:
     """Class name -> lower-cased tags that name it (a ``class,tag`` CSV; default: VOC->OpenImages)."""
     path = Path(path) if path else DEFAULT_TAG_MAP
     if not path.is_file():
-        raise FileNotFoundError(f"tag map not found: {path}")
+        raise MissingInputError(f"tag map not found: {path}")
     mapping: dict[str, set[str]] = {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if set(reader.fieldnames or []) < {"class", "tag"}:
-            raise KeyError(f"{path}: a tag map needs columns 'class' and 'tag'")
+            raise DataError(f"{path}: a tag map needs columns 'class' and 'tag'")
         for line_no, row in enumerate(reader, start=2):
             name, tag = (row["class"] or "").strip(), (row["tag"] or "").strip()
             if not name or not tag:
-                raise ValueError(f"{path}, line {line_no}: empty class or tag")
+                raise DataError(f"{path}, line {line_no}: empty class or tag")
             mapping.setdefault(name, set()).add(tag.lower())
     return mapping
 

@@ -8,7 +8,6 @@ confirmed a hard OoD (verdict ``no_foreground``) usually wants more of the same;
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 import sqlite3
@@ -19,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from curate import store
+from curate.mine_config import DEFAULT_EMBEDDER
 from curate.neighbours.near_pairs import unit_rows
 from curate.neighbours.vector_index import EmbeddingFile, build_index
+from wood_train.errors import ConfigError, DataError, MissingInputError
 
-DEFAULT_EMBEDDER = "classifier"
 MIN_PREFIX = 4
 _HEX = re.compile(r"^[0-9a-f]+$")
 _SQL_CHUNK = 500
@@ -42,7 +42,7 @@ def resolve_embedder(conn: sqlite3.Connection, embedder: str) -> str:
         return matches[0]
     if not matches:
         known = ", ".join(sorted(names)) or "none yet"
-        raise ValueError(
+        raise DataError(
             f"no {embedder!r} embeddings in the store (stored embedders: {known}); "
             "run `hardood mine` first"
         )
@@ -53,7 +53,7 @@ def resolve_embedder(conn: sqlite3.Connection, embedder: str) -> str:
         latest = [m for m in matches if m.endswith(row[0][:12])]
         if latest:
             return latest[0]
-    raise ValueError(f"{embedder!r} matches several embedders ({', '.join(matches)}); name one")
+    raise ConfigError(f"{embedder!r} matches several embedders ({', '.join(matches)}); name one")
 
 
 def _sha256_of_file(path: Path) -> str:
@@ -70,14 +70,14 @@ def resolve_image(conn: sqlite3.Connection, like: str, db_path: str | Path) -> s
     if path.is_file():
         sha = _sha256_of_file(path)
         if not conn.execute("SELECT 1 FROM images WHERE sha256 = ?", (sha,)).fetchone():
-            raise ValueError(
+            raise DataError(
                 f"{path} (sha256 {sha[:12]}) is not in {db_path}; add it to the pool and run "
                 "`hardood mine` first"
             )
         return sha
     prefix = like.strip().lower()
     if not (_HEX.match(prefix) and MIN_PREFIX <= len(prefix) <= 64):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{like}: no such image file, and not a sha256 or a prefix of at least {MIN_PREFIX} "
             "hex digits"
         )
@@ -89,9 +89,9 @@ def resolve_image(conn: sqlite3.Connection, like: str, db_path: str | Path) -> s
         )
     ]
     if not found:
-        raise ValueError(f"no image in {db_path} has a sha256 starting with {prefix!r}")
+        raise DataError(f"no image in {db_path} has a sha256 starting with {prefix!r}")
     if len(found) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"sha256 prefix {prefix!r} matches several images ({', '.join(f[:12] for f in found)}"
             f"{', ...' if len(found) > 2 else ''}); give more digits"
         )
@@ -181,13 +181,13 @@ def find_similar(
     >>> find_similar("pool.db", "pool/p_1a2b3c4d.jpg", k=10)
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise ConfigError(f"k must be at least 1, got {k}")
     with store.connect(db_path) as conn:
         sha = resolve_image(conn, str(like), db_path)
         keys, vectors, name = _load_vectors(conn, db_path, embedder)
         position = {key: i for i, key in enumerate(keys)}.get(sha)
         if position is None:
-            raise ValueError(
+            raise DataError(
                 f"image {sha[:12]} has no {name!r} embedding (not scored yet, or a bad image); "
                 "run `hardood mine` first"
             )
@@ -237,7 +237,7 @@ def expand_from_verdicts(
         most similar first; empty when there is no seed.
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise ConfigError(f"k must be at least 1, got {k}")
     with store.connect(db_path) as conn:
         seeds, blocked = _open_candidates(conn)
         keys, vectors, _ = _load_vectors(conn, db_path, embedder)
@@ -279,34 +279,3 @@ def _nearest_open(vectors: np.ndarray, seed_rows: list[int], is_open: np.ndarray
 
 
 # ---- command line -----------------------------------------------------------------------------
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "similar",
-        help="list the pool images most similar to an image",
-        description="List the mined images whose embeddings are nearest to an image's.",
-    )
-    parser.add_argument("--db", required=True, type=Path, help="the curation store")
-    parser.add_argument(
-        "--like", required=True, help="an image file that was mined, or a sha256 (or prefix)"
-    )
-    parser.add_argument("--k", type=int, default=50, help="how many neighbours (default: 50)")
-    parser.add_argument(
-        "--embedder",
-        default=DEFAULT_EMBEDDER,
-        help="stored embedder name or prefix (default: the classifier's)",
-    )
-    parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
-    parser.set_defaults(func=run_from_args)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    table = find_similar(args.db, args.like, k=args.k, embedder=args.embedder)
-    shown = table.assign(sha256=table["sha256"].str[:12], verdict=table["verdict"].fillna("-"))
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.csv, index=False)
-        print(f"wrote {len(table)} rows to {args.csv}")
-    return 0

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from curate import store
+from wood_train.errors import ConfigError, DataError, MissingInputError
 from wood_train.progress import progress
 
 # Exact search (IndexFlat) up to this many vectors; an IVF index beyond.
@@ -57,7 +58,7 @@ class EmbeddingFile:
 
     def __init__(self, db_path: str | Path, embedder: str, dim: int):
         if not _EMBEDDER_NAME.match(embedder):
-            raise ValueError(
+            raise ConfigError(
                 f"embedder name {embedder!r} must be letters, digits, '_', '-' or '.' "
                 "(it names a file)"
             )
@@ -72,7 +73,7 @@ class EmbeddingFile:
         if self.meta_path.is_file():
             recorded = int(json.loads(self.meta_path.read_text())["dim"])
             if recorded != self.dim:
-                raise ValueError(
+                raise DataError(
                     f"{self.meta_path}: embeddings of {embedder!r} have dimension {recorded}, "
                     f"not {self.dim}; use another embedder name for the new model"
                 )
@@ -82,7 +83,7 @@ class EmbeddingFile:
         """An existing embedder's file, its dimension read from the sidecar."""
         meta_path = store.embeddings_dir(db_path) / f"{embedder}.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no {embedder!r} embeddings beside {db_path} ({meta_path} is missing); "
                 "run `hardood mine` first"
             )
@@ -168,7 +169,7 @@ class EmbeddingFile:
 
     def _check_rows(self, rows: np.ndarray, n_file: int) -> None:
         if len(rows) and int(rows.max()) >= n_file:
-            raise ValueError(
+            raise DataError(
                 f"{self.path}: the store points at row {int(rows.max())} but the file holds "
                 f"{n_file} rows; the file was replaced or truncated (delete its '{self.embedder}' "
                 "rows from the embeddings table and re-run `hardood mine`)"
@@ -186,7 +187,7 @@ class EmbeddingFile:
             rows_of = self._rows_of(keys, conn)
         missing = [k for k in keys if k not in rows_of]
         if missing:
-            raise KeyError(
+            raise DataError(
                 f"{len(missing)} image(s) have no {self.embedder!r} embedding in {self.db_path} "
                 f"(first: {missing[0]}); run `hardood mine` on them first"
             )

@@ -9,7 +9,6 @@ queue`` prints it.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -324,38 +323,6 @@ def queue_frame(db_path: str | Path, top: int | None = None) -> pd.DataFrame:
 
 
 # ---- `hardood queue` --------------------------------------------------------------------------
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "queue",
-        help="print the review queue (or write it to a CSV)",
-        description="Print the review queue that `hardood mine` built, hardest first.",
-    )
-    parser.add_argument("--db", type=Path, default=Path("curation.db"), help="the curation store")
-    parser.add_argument("--top", type=int, default=None, help="only the first N rows (print: 20)")
-    parser.add_argument("--csv", type=Path, default=None, help="write the rows to this CSV file")
-    parser.set_defaults(func=run_from_args)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    db = Path(args.db)
-    if not db.is_file():
-        raise FileNotFoundError(f"curation database not found: {db} (run `hardood mine` first)")
-    store.open_store(db)
-    frame = queue_frame(db, top=args.top)
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.csv.with_name(args.csv.name + ".tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(args.csv)
-        print(f"wrote {len(frame)} queue rows to {args.csv}")
-        return 0
-    if frame.empty:
-        print(f"the queue in {db} is empty; run `hardood mine` to build it")
-        return 0
-    print(format_table(frame.head(args.top or 20)))
-    return 0
 
 
 def format_table(frame: pd.DataFrame) -> str:

@@ -23,6 +23,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from wood_train.errors import ConfigError
+
 
 def renumber_clusters(frame: pd.DataFrame) -> pd.DataFrame:
     """Per top class, number clusters 1..K by their hardest member; add ``cluster_rank``/``n_clusters``.
@@ -48,7 +50,7 @@ def renumber_clusters(frame: pd.DataFrame) -> pd.DataFrame:
 def hardness_tiers(rank_key: np.ndarray, width: float) -> np.ndarray:
     """``floor(logit(p) / width)`` of each key (probabilities clipped to [1e-6, 1 - 1e-6])."""
     if width <= 0:
-        raise ValueError(f"hardness_tier must be positive, got {width}")
+        raise ConfigError(f"hardness_tier must be positive, got {width}")
     p = np.clip(np.asarray(rank_key, np.float64), 1e-6, 1 - 1e-6)
     return np.floor(np.log(p / (1 - p)) / width).astype(np.int64)
 

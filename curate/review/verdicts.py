@@ -33,8 +33,9 @@ import pandas as pd
 
 from curate import store
 from curate.review.agreement import cohen_kappa, fleiss_kappa
+from wood_train.errors import ConfigError, DataError
+from wood_train.manifest.contract import VERDICTS
 
-VERDICTS = store.VERDICTS
 SOURCES = ("app", "simulated", "import")
 DEFAULT_LEASE_SECONDS = 300.0
 ACTIVE_WINDOW_S = 15 * 60  # annotators with a verdict this recent count towards the team's ETA
@@ -74,7 +75,7 @@ def normalise_name(name: str) -> str:
     """An annotator name with runs of whitespace collapsed; raises ValueError if unusable."""
     cleaned = " ".join(str(name).split())
     if not _NAME.fullmatch(cleaned):
-        raise ValueError(
+        raise ConfigError(
             f"annotator name {name!r}: use 1-64 letters, digits, spaces or . _ @ - "
             "(starting with a letter or digit)"
         )
@@ -94,13 +95,13 @@ def sign_in(db_path: str | Path, name: str) -> str:
 
 def _require_annotator(conn, annotator: str) -> None:
     if conn.execute("SELECT 1 FROM annotators WHERE name = ?", (annotator,)).fetchone() is None:
-        raise KeyError(f"annotator {annotator!r} has not signed in (call sign_in first)")
+        raise DataError(f"annotator {annotator!r} has not signed in (call sign_in first)")
 
 
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value!r}")
+            raise ConfigError(f"{name} must be positive, got {value!r}")
 
 
 def lease_next(
@@ -227,16 +228,16 @@ def record_verdicts(
         raise ValueError(f"verdict source must be one of {SOURCES}, got {source!r}")
     for sha, verdict, seconds in entries:
         if verdict not in VERDICTS:
-            raise ValueError(f"image {sha[:12]}: verdict {verdict!r} is not one of {VERDICTS}")
+            raise ConfigError(f"image {sha[:12]}: verdict {verdict!r} is not one of {VERDICTS}")
         if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
-            raise ValueError(f"image {sha[:12]}: seconds must be >= 0, got {seconds!r}")
+            raise ConfigError(f"image {sha[:12]}: seconds must be >= 0, got {seconds!r}")
     now = time.time() if now is None else now
     ids = []
     with store.connect(db_path, immediate=True) as conn:
         _require_annotator(conn, annotator)
         for sha, verdict, seconds in entries:
             if conn.execute("SELECT 1 FROM queue WHERE sha256 = ?", (sha,)).fetchone() is None:
-                raise ValueError(f"image {sha[:12]} is not in the review queue")
+                raise DataError(f"image {sha[:12]} is not in the review queue")
             if conn.execute(
                 "SELECT 1 FROM verdicts WHERE sha256 = ? AND annotator = ? AND undone = 0",
                 (sha, annotator),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from wood_train.errors import ConfigError, MissingInputError
 from wood_train.progress import progress
 
 PROMPT_TEMPLATES = (
@@ -73,23 +74,23 @@ class OpenClipEmbedder:
         import open_clip  # imported here: slow to import, and only this class needs it
 
         if ":" in model_name:
-            raise ValueError(
+            raise ConfigError(
                 f"CLIP model {model_name!r}: give an open_clip architecture name and a local "
                 "checkpoint file; hub and folder schemas would download or bypass the file"
             )
         path = Path(checkpoint_path)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"CLIP checkpoint not found: {path} (weights are never downloaded; put the "
                 f"{model_name} state dict there)"
             )
         config = open_clip.get_model_config(model_name)
         if config is None:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown CLIP architecture {model_name!r}; known: {', '.join(open_clip.list_models())}"
             )
         if "hf_tokenizer_name" in config.get("text_cfg", {}):
-            raise ValueError(
+            raise ConfigError(
                 f"CLIP architecture {model_name!r} needs a Hugging Face tokenizer download; "
                 "use an architecture with open_clip's built-in tokenizer"
             )
@@ -155,9 +156,9 @@ class OpenClipEmbedder:
     ) -> np.ndarray:
         """(B, C + 1) probabilities over the classes then background (rows sum to 1)."""
         if not class_names:
-            raise ValueError("zero-shot check needs at least one class name")
+            raise ConfigError("zero-shot check needs at least one class name")
         if any("{c}" not in p for p in prompts):
-            raise ValueError(f"every prompt template must contain '{{c}}', got {list(prompts)}")
+            raise ConfigError(f"every prompt template must contain '{{c}}', got {list(prompts)}")
         concepts = [
             self.concept_embedding([p.format(c=name.replace("_", " ")) for p in prompts])
             for name in class_names

@@ -24,7 +24,6 @@ Hardness (``hardness`` setting):
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,6 +38,8 @@ from torch.utils.data import DataLoader
 from curate import store
 from curate.neighbours.near_duplicates import THUMB_DIM, THUMB_EMBEDDER
 from curate.score.pending import PendingImages, collate_scoring, count_pending
+from wood_train.device import autocast, pin_memory
+from wood_train.errors import ConfigError
 from wood_train.progress import progress
 
 WORLD_IMAGE_SIZE = 64
@@ -48,12 +49,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )  # fmt: skip
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_image_size(requested: int | None, checkpoint_meta: dict[str, Any]) -> int:
@@ -83,7 +78,7 @@ def hardness_from(top_score: np.ndarray, energy_score: np.ndarray, mode: str, nu
         return np.asarray(top_score, dtype=np.float64)
     if mode == "energy":
         return 1.0 / (1.0 + np.exp(-(np.asarray(energy_score, np.float64) - math.log(num_classes))))
-    raise ValueError(f"hardness must be 'probability' or 'energy', got {mode!r}")
+    raise ConfigError(f"hardness must be 'probability' or 'energy', got {mode!r}")
 
 
 def score_batch(model, x: torch.Tensor, valid: list[tuple[int, int]], heatmap_size: int) -> dict:
@@ -165,13 +160,6 @@ class Scorer:
         return names + ((self.clip_embedder,) if self.clip is not None else ())
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
 def score_pool(
     db_path: str | Path,
     scorer: Scorer,
@@ -214,13 +202,13 @@ def score_pool(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_scoring,
-        pin_memory=scorer.device.type == "cuda",
+        pin_memory=pin_memory(scorer.device),
     )
     bar = progress(total=total, desc="score", unit="img")
     for batch in loader:
         result = None
         if batch["x"] is not None:
-            with torch.inference_mode(), _autocast(scorer.device, amp):
+            with torch.inference_mode(), autocast(scorer.device, amp):
                 x = batch["x"].to(scorer.device, non_blocking=True)
                 result = score_batch(scorer.model, x, batch["valid"], heatmap_size)
             result["hardness_score"] = hardness_from(

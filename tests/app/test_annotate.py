@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from app.annotate import launch as annotate
 from app.annotate.images import fit, overlay_cam, render_jpeg
 from app.annotate.launch import AnnotateConfig, check_config, parse_app_args, streamlit_command
+from app.cli import parse_args
 
 
 @pytest.fixture
@@ -72,15 +72,13 @@ def test_cli_runs_streamlit_with_the_package_importable(db, monkeypatch, capsys)
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(annotate.subprocess, "run", fake_run)
-    parser = argparse.ArgumentParser()
-    annotate.add_cli(parser.add_subparsers())
-    args = parser.parse_args(["annotate", "--db", str(db), "--port", "8700", "--overlap", "3"])
+    args = parse_args(["annotate", "--db", str(db), "--port", "8700", "--overlap", "3"])
     assert args.func(args) == 0
     assert "--overlap" in seen["command"] and "3" in seen["command"]
-    repo_root = str(Path(annotate.__file__).resolve().parent.parent)
+    repo_root = str(Path(annotate.__file__).resolve().parents[2])
     assert seen["env"]["PYTHONPATH"].split(":")[0] == repo_root
     assert "http://127.0.0.1:8700" in capsys.readouterr().out
-    args = parser.parse_args(["annotate", "--db", str(db), "--host", "0.0.0.0"])
+    args = parse_args(["annotate", "--db", str(db), "--host", "0.0.0.0"])
     with pytest.raises(ValueError, match="without a password"):
         args.func(args)
 

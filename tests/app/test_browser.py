@@ -25,7 +25,7 @@ from tests.app.browser_helpers import (
     wait_single,
 )
 from tests.curate.review_fixtures import build_review_store
-from wood_train.manifest.contract import validate_manifest
+from wood_train.manifest.validate import validate_manifest
 
 SINGLE_PLAN = "ncubnnccnubnnnccbunn"  # 20 key presses, one per image
 # thumbnails flipped on grid pages 1 and 2, by key or (as "click") by clicking the thumbnail

@@ -12,7 +12,7 @@ from app.annotate import hotkeys
 from curate import store
 from curate.review import verdicts as review
 from tests.curate.review_fixtures import build_review_store
-from wood_train.manifest.contract import validate_manifest
+from wood_train.manifest.validate import validate_manifest
 
 SCRIPT = str(Path(__file__).resolve().parents[2] / "app" / "annotate" / "streamlit_app.py")
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
 import pytest
 
+from app.cli import main, parse_args
 from curate import store
-from curate.export.build import OOD_LIST_NAME, add_cli, build_export, export_manifest, item_verdict
+from curate.export.build import OOD_LIST_NAME, build_export, export_manifest, item_verdict
 from curate.review import verdicts as review
 from tests.curate.review_fixtures import CHECKPOINT, CLASSES, build_review_store
-from wood_train.manifest.contract import validate_manifest
+from wood_train.errors import OutputExistsError
+from wood_train.manifest.validate import validate_manifest
 
 # item index -> (annotator, verdict, seconds) votes
 VOTES = {
@@ -137,9 +138,7 @@ def test_item_verdict_bad_image_needs_the_most_votes():
 
 
 def _export_cli(argv):
-    parser = argparse.ArgumentParser(prog="hardood")
-    add_cli(parser.add_subparsers())
-    args = parser.parse_args(["export", *argv])
+    args = parse_args(["export", *argv])
     return args.func(args)
 
 
@@ -148,11 +147,14 @@ def test_cli_export_and_its_errors(reviewed, tmp_path, capsys):
     assert _export_cli(["--db", str(reviewed.db), "--out", str(out), "--policy", "any"]) == 0
     printed = capsys.readouterr().out
     assert "6 reviewed images (1 no_foreground, policy any, 12 verdicts)" in printed
-    # errors reach the CLI as ValueError / FileNotFoundError, which it prints as one line
-    with pytest.raises(ValueError, match="already holds an export"):
+    # user errors are HardoodErrors, which `hardood` prints as one line and exits 2
+    with pytest.raises(OutputExistsError, match="already holds an export"):
         _export_cli(["--db", str(reviewed.db), "--out", str(out)])
-    with pytest.raises(FileNotFoundError, match="not found"):
-        _export_cli(["--db", str(tmp_path / "nope.db"), "--out", str(tmp_path / "x")])
+    assert main(["export", "--db", str(tmp_path / "nope.db"), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"hardood export: error: curation database not found: {tmp_path / 'nope.db'} "
+        "(run `hardood mine` first)"
+    ]
     with pytest.raises(SystemExit):
         _export_cli(["--db", str(reviewed.db), "--out", str(out), "--policy", "most"])
     with store.connect(reviewed.db) as conn:

@@ -18,6 +18,7 @@ from curate.ingest.pool_sources import (
     split_tags,
 )
 from curate.ingest.register import ingest_pool
+from wood_train.errors import DataError
 
 VOC_FG = foreground_tags(["boat", "person", "sofa", "train"], load_tag_map())
 
@@ -70,7 +71,7 @@ def test_bad_pool_sources_name_the_problem(tmp_path):
         list(iter_pool(tmp_path / "nowhere"))
     sheet = tmp_path / "pool.csv"
     sheet.write_text("filename,labels\na.jpg,Cat\n")
-    with pytest.raises(KeyError, match="pool.csv.*no path column"):
+    with pytest.raises(DataError, match="pool.csv.*no path column"):
         list(iter_pool(sheet))
     sheet.write_text("path\na.jpg\n\n,\n")
     with pytest.raises(ValueError, match="pool.csv, line 3: empty 'path'"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -23,12 +22,15 @@ from curate_fixtures import (
     write_awkward_files,
 )
 
+from app.cli import parse_args
 from curate import mine as mine_module
 from curate import store
-from curate.mine import MineConfig, config_from_args, mine
+from curate.mine import mine
+from curate.mine_config import PRESETS, MineConfig
 from curate.neighbours.near_duplicates import THUMB_EMBEDDER
 from curate.queue.build import queue_frame
 from curate.score.scoring import classifier_embedder_name
+from wood_train import config as cfg
 from wood_train.config import replace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,9 +262,7 @@ def test_open_clip_embedder_adds_clip_scores_to_existing_rows(tmp_path, checkpoi
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="hardood")
-    mine_module.add_cli(parser.add_subparsers())
-    return parser.parse_args(["mine", *argv])
+    return parse_args(["mine", *argv])
 
 
 def test_cli_options_map_onto_the_config():
@@ -270,12 +270,12 @@ def test_cli_options_map_onto_the_config():
         ["--db", "x.db", "--checkpoint", "ck.pt", "--pool", "a", "b.csv", "--preset", "world",
          "--expand-from-verdicts", "--no-amp", "--min-hardness", "0.7", "--hardness", "energy"]
     )  # fmt: skip
-    config = config_from_args(args)
+    config = cfg.config_from_args(args, MineConfig, PRESETS)
     assert config.db == Path("x.db") and config.checkpoint == Path("ck.pt")
     assert config.pool == ("a", "b.csv") and config.image_size == 64  # from the world preset
     assert config.expand_from_verdicts is True and config.amp is False and config.rehash is False
     assert config.min_hardness == 0.7 and config.hardness == "energy"
-    assert config_from_args(_parse([])) == MineConfig()
+    assert cfg.config_from_args(_parse([]), MineConfig, PRESETS) == MineConfig()
 
 
 def test_loader_workers_default_to_none_on_a_cpu():
@@ -310,7 +310,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, checkpoint)
         save_image(image, pool / f"img{i:03d}.png")
     db = tmp_path / "killed.db"
     command = [
-        sys.executable, "-m", "curate.mine", "--db", str(db), "--checkpoint", str(checkpoint),
+        sys.executable, "-m", "app.cli", "mine", "--db", str(db), "--checkpoint", str(checkpoint),
         "--pool", str(pool), "--batch-size", "4", "--workers", "1", "--dup-threshold", "0.9999",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO), HARDOOD_QUIET="1")

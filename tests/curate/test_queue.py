@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import shutil
 import sqlite3
@@ -22,6 +21,7 @@ from curate_fixtures import (
 )
 from PIL import Image
 
+from app.cli import parse_args
 from curate import store
 from curate.ingest.pool_sources import iter_pool
 from curate.ingest.register import ingest_pool
@@ -32,7 +32,6 @@ from curate.neighbours.near_duplicates import (
     group_near_duplicates,
     thumbnail_descriptor,
 )
-from curate.queue import build as queue_module
 from curate.queue.build import QueueSettings, build_queue, queue_frame
 from curate.queue.ranking import order_candidates, reason_text, renumber_clusters
 from curate.score.scoring import Scorer, classifier_embedder_name, score_pool
@@ -347,9 +346,7 @@ def test_queue_frame_columns_paths_and_top3(mined):
 
 
 def _run_cli(argv):
-    parser = argparse.ArgumentParser(prog="hardood")
-    queue_module.add_cli(parser.add_subparsers())
-    args = parser.parse_args(["queue", *argv])
+    args = parse_args(["queue", *argv])
     return args.func(args)
 
 

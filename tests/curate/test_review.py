@@ -15,6 +15,7 @@ from curate.ingest import image_files
 from curate.review import verdicts as review
 from curate.review.agreement import cohen_kappa, fleiss_kappa
 from tests.curate.review_fixtures import CLASSES, build_review_store, cue_heatmap
+from wood_train.errors import DataError
 
 T0 = 1_700_000_000.0
 
@@ -36,7 +37,7 @@ def test_sign_in_normalises_and_rejects_bad_names(world):
     for bad in ("", "   ", "-ana", "a" * 65, "ana;drop", "<b>ana"):
         with pytest.raises(ValueError, match="annotator name"):
             review.sign_in(world.db, bad)
-    with pytest.raises(KeyError, match="has not signed in"):
+    with pytest.raises(DataError, match="has not signed in"):
         review.lease_next(world.db, "stranger")
 
 
@@ -117,7 +118,7 @@ def test_record_verdict_checks_input_and_ignores_a_double_submit(world):
         review.record_verdict(world.db, ana, "0" * 64, "unsure", 1.0)
     with pytest.raises(ValueError, match="source"):
         review.record_verdict(world.db, ana, sha, "unsure", 1.0, source="web")
-    with pytest.raises(KeyError):
+    with pytest.raises(DataError, match="has not signed in"):
         review.record_verdict(world.db, "nobody", sha, "unsure", 1.0)
     # seconds default to the time since the lease
     first = review.record_verdict(world.db, ana, sha, "bad_image", now=T0 + 4.5)

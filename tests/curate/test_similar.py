@@ -1,12 +1,10 @@
-import argparse
-
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from app.cli import parse_args
 from curate import store
-from curate.neighbours import similar
 from curate.neighbours.similar import _sha256_of_file, expand_from_verdicts, find_similar
 from curate.neighbours.vector_index import EmbeddingFile
 
@@ -139,10 +137,8 @@ def test_embedder_prefix_prefers_the_latest_checkpoint(arc_store):
 
 def test_cli_prints_the_table_and_writes_csv(arc_store, tmp_path, capsys):
     db, shas, _ = arc_store
-    parser = argparse.ArgumentParser()
-    similar.add_cli(parser.add_subparsers())
     out = tmp_path / "out" / "similar.csv"
-    args = parser.parse_args(["similar", "--db", str(db), "--like", shas[9], "--k", "2",
+    args = parse_args(["similar", "--db", str(db), "--like", shas[9], "--k", "2",
                               "--csv", str(out)])  # fmt: skip
     assert args.func(args) == 0
     printed = capsys.readouterr().out

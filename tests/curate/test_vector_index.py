@@ -10,6 +10,7 @@ from curate.neighbours.vector_index import (
     ivf_list_count,
 )
 from curate.score.clip import l2_normalize
+from wood_train.errors import DataError
 
 
 def _unit(n, dim, seed=0):
@@ -154,7 +155,7 @@ def test_missing_and_damaged_rows_are_clear_errors(db):
     file = EmbeddingFile(db, "clip", dim=4)
     with store.connect(db) as conn:
         file.append(_shas("a", "b"), _unit(2, 4), conn)
-    with pytest.raises(KeyError, match="no 'clip' embedding.*hardood mine"):
+    with pytest.raises(DataError, match="no 'clip' embedding.*hardood mine"):
         file.load(_shas("a", "c"))
     with open(file.path, "r+b") as f:
         f.truncate(4 * 4)  # the file lost its second row

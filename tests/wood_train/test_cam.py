@@ -1,5 +1,3 @@
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -7,6 +5,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from app.cli import parse_args
 from wood_train.cam import make as cam_module
 from wood_train.cam.evaluate import evaluate_cams
 from wood_train.cam.make import (
@@ -19,6 +18,7 @@ from wood_train.cam.make import (
 )
 from wood_train.data.imageio import write_label_png
 from wood_train.data.transforms import normalize_image
+from wood_train.errors import OutputExistsError
 from wood_train.model.cam_net import build_cam_net
 from wood_train.model.checkpoint import save_checkpoint
 
@@ -178,9 +178,9 @@ def test_make_cams_will_not_mix_two_models_in_one_folder(voc_world, tmp_path):
     torch.manual_seed(1)
     other = tmp_path / "other.pt"
     save_checkpoint(other, build_cam_net("resnet18", num_classes=len(NAMES)), NAMES, {})
-    with pytest.raises(ValueError, match="holds CAMs of another run"):
+    with pytest.raises(OutputExistsError, match="holds CAMs of another run"):
         make_cams(cam_module.cfg.replace(config, checkpoint=other, scales=(1.0,)))
-    with pytest.raises(ValueError, match="holds CAMs of another run"):
+    with pytest.raises(OutputExistsError, match="holds CAMs of another run"):
         make_cams(cam_module.cfg.replace(config, scales=(1.0, 0.5)))
 
 
@@ -197,8 +197,6 @@ def test_make_cams_rejects_a_model_for_other_classes(voc_world, tmp_path):
 
 def test_cli_runs_and_prints_a_summary(voc_world, tmp_path, capsys):
     root, checkpoint = voc_world
-    parser = argparse.ArgumentParser()
-    cam_module.add_cli(parser.add_subparsers())
     argv = [
         "cam",
         "--checkpoint",
@@ -208,12 +206,12 @@ def test_cli_runs_and_prints_a_summary(voc_world, tmp_path, capsys):
         "--out",
         str(tmp_path / "c"),
     ]
-    args = parser.parse_args([*argv, "--scales", "1.0", "--num-workers", "0", "--device", "cpu"])
+    args = parse_args([*argv, "--scales", "1.0", "--num-workers", "0", "--device", "cpu"])
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("cam: 3 images of split 'train'") and "3 written" in line
     assert not (tmp_path / "c" / "overlays").exists()
-    args = parser.parse_args(["cam", "--config", str(tmp_path / "c" / "config.yaml"), "--overlays"])
+    args = parse_args(["cam", "--config", str(tmp_path / "c" / "config.yaml"), "--overlays"])
     assert args.func(args) == 0
     assert "0 written, 3 already present" in capsys.readouterr().out
     assert len(list((tmp_path / "c" / "overlays").glob("*.png"))) == 3

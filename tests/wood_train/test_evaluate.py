@@ -1,13 +1,12 @@
 """evaluate_cams on a planted 24x24 world whose seed mIoU and spurious rate are known by hand."""
 
-import argparse
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from wood_train.cam import evaluate
+from app.cli import parse_args
 from wood_train.cam.evaluate import evaluate_cams, format_table, seed_labels
 from wood_train.cam.make import save_cam
 from wood_train.data.imageio import write_label_png
@@ -127,10 +126,8 @@ def test_seed_labels_background_wins_ties():
 
 def test_cli_prints_the_table_and_writes_json(world, tmp_path, capsys):
     _write_cams(tmp_path / "cams", cue_value=0.55)
-    parser = argparse.ArgumentParser()
-    evaluate.add_cli(parser.add_subparsers())
     argv = ["evaluate", "--cam-dir", str(tmp_path / "cams"), "--voc-root", str(world)]
-    args = parser.parse_args([*argv, "--thresholds", "0.3", "0.7"])
+    args = parse_args([*argv, "--thresholds", "0.3", "0.7"])
     assert args.func(args) == 0
     table = capsys.readouterr().out
     assert "best background threshold t = 0.70" in table
@@ -141,7 +138,7 @@ def test_cli_prints_the_table_and_writes_json(world, tmp_path, capsys):
     assert doc["config"]["thresholds"] == [0.3, 0.7]
 
     # the written JSON is a config to repeat the run from; --out moves the result
-    args = parser.parse_args(
+    args = parse_args(
         [
             "evaluate",
             "--config",

@@ -13,11 +13,11 @@ from wood_train.manifest.contract import (
     CSV_NAME,
     META_NAME,
     ManifestError,
-    load_ood_list,
-    validate_manifest,
     verdict_from_votes,
-    write_manifest,
 )
+from wood_train.manifest.ood_list import load_ood_list
+from wood_train.manifest.validate import validate_manifest
+from wood_train.manifest.write import write_manifest
 
 CLASSES = ["cat", "train", "boat"]
 # (file, verdict, top_class, top_score, votes_no, votes_yes)

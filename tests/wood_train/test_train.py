@@ -13,6 +13,7 @@ import torch
 from wood_train import config as cfg
 from wood_train import train as train_module
 from wood_train.data.voc import read_class_names
+from wood_train.errors import OutputExistsError
 from wood_train.model.checkpoint import load_cam_net, read_checkpoint
 from wood_train.train import train
 from wood_train.train_config import PRESETS
@@ -83,7 +84,7 @@ def test_finished_run_is_reused_and_records_selection(tiny_world, tmp_path):
     model, meta = load_cam_net(first.checkpoint)
     assert meta["class_names"] == read_class_names(tiny_world.voc_root) and model.num_classes == 4
     assert cfg.load_yaml(type(config), tmp_path / "run" / "config.yaml") == config
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(OutputExistsError, match="another config"):
         train(cfg.replace(config, lr=0.5, epochs=2))
 
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from app.cli import parse_args
+from wood_train import config as cfg
 from wood_train.config import load_yaml, replace
 from wood_train.data import voc
 from wood_train.data.imageio import read_image, read_label_png
+from wood_train.errors import OutputExistsError
 from wood_train.world.config import POOL_KINDS, WORLD_PRESETS, WorldConfig, world_paths
-from wood_train.world.generate import add_cli, config_from_args, generate_world, read_world_info
+from wood_train.world.generate import generate_world, read_world_info
 from wood_train.world.scenes import render_sample
 from wood_train.world.truth import read_pool_truth
 
@@ -171,7 +173,7 @@ def test_rerun_reuses_mismatch_raises_force_replaces(tiny_world, tmp_path):
     assert world_paths(out).truth_csv.stat().st_mtime_ns == marker  # reused, not rewritten
     assert load_yaml(WorldConfig, out / "world.yaml") == TINY  # the folder alone rebuilds it
     seven = replace(TINY, seed=7)
-    with pytest.raises(ValueError, match=str(out)):
+    with pytest.raises(OutputExistsError, match=str(out)):
         generate_world(seven, out)
     generate_world(seven, out, force=True)
     assert read_world_info(out)["config"]["seed"] == 7
@@ -179,7 +181,7 @@ def test_rerun_reuses_mismatch_raises_force_replaces(tiny_world, tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="holds no world"):
+    with pytest.raises(OutputExistsError, match="holds no world"):
         generate_world(TINY, foreign, force=True)
     assert (foreign / "keep.txt").read_text() == "mine"
 
@@ -204,13 +206,11 @@ def test_six_classes_and_one_class_worlds_render():
 
 
 def test_cli_parses_preset_and_overrides(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
+    args = parse_args(
         ["world", "--out", str(tmp_path / "w"), "--preset", "tiny", "--n-train", "10",
          "--object-size", "0.4", "0.45", "--seed", "3"]
     )  # fmt: skip
-    config = config_from_args(args)
+    config = cfg.config_from_args(args, WorldConfig, WORLD_PRESETS)
     assert (config.n_train, config.seed, config.object_size) == (10, 3, (0.4, 0.45))
     assert (config.n_val, config.image_size) == (TINY.n_val, TINY.image_size)
     assert args.func(args) == 0

@@ -14,7 +14,6 @@ Images are streamed one at a time, so memory does not grow with the split.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -23,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from wood_train import config as cfg
+from wood_train.cam.config import DEFAULT_THRESHOLDS, EvalConfig
 from wood_train.cam.make import load_cam
 from wood_train.cam.metrics import ThresholdSweepConfusion
-from wood_train.config import config_field
 from wood_train.data import voc
 from wood_train.data.imageio import read_label_png
+from wood_train.errors import ConfigError, DataError, MissingInputError
 from wood_train.progress import progress
 
-DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ..., 0.95
 CUE_DIR = "CueMasks"
 EVAL_NAME = "eval.json"
 
@@ -104,7 +103,7 @@ def _check_cams_present(cam_dir: Path, ids: list[str]) -> None:
     missing = [i for i in ids if not (cam_dir / f"{i}.npy").is_file()]
     if missing:
         shown = ", ".join(repr(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{cam_dir}: no CAM file for {len(missing)} of {len(ids)} images ({shown}, e.g. "
             f"{cam_dir / (missing[0] + '.npy')}); run `hardood cam` for this split first"
         )
@@ -145,7 +144,7 @@ def evaluate_cams(
     cam_dir, voc_root = Path(cam_dir), Path(voc_root)
     thresholds = np.unique(np.asarray(thresholds, dtype=np.float64))  # sorted, as swept
     if thresholds.size == 0:
-        raise ValueError("thresholds is empty; give at least one background threshold")
+        raise ConfigError("thresholds is empty; give at least one background threshold")
     names = list(class_names) if class_names is not None else voc.read_class_names(voc_root)
     num_classes = len(names)
     ids = voc.read_split(voc_root, split)
@@ -159,24 +158,24 @@ def evaluate_cams(
         keys, high_res = load_cam(cam_path)
         mask = read_label_png(voc.mask_path(voc_root, image_id))
         if high_res.shape[1:] != mask.shape:
-            raise ValueError(
+            raise DataError(
                 f"{cam_path}: CAM size {high_res.shape[1:]} != mask size {mask.shape} of {image_id!r}"
             )
         if np.isnan(high_res).any():
-            raise ValueError(f"{cam_path}: CAM holds NaN values; recompute it with `hardood cam`")
+            raise DataError(f"{cam_path}: CAM holds NaN values; recompute it with `hardood cam`")
         if len(keys) and (keys.min() < 0 or keys.max() >= num_classes):
-            raise ValueError(f"{cam_path}: keys {keys.tolist()} outside [0, {num_classes})")
+            raise DataError(f"{cam_path}: keys {keys.tolist()} outside [0, {num_classes})")
         class_id, score = strongest_class(keys, high_res)
         try:
             confusion.update(mask, class_id, score)
         except ValueError as exc:
-            raise ValueError(f"{voc.mask_path(voc_root, image_id)}: {exc}") from None
+            raise DataError(f"{voc.mask_path(voc_root, image_id)}: {exc}") from None
 
         cue_path = voc_root / CUE_DIR / f"{image_id}.png"
         if cue_path.is_file():
             cue = read_label_png(cue_path)
             if cue.shape != mask.shape:
-                raise ValueError(f"{cue_path}: cue mask size {cue.shape} != mask size {mask.shape}")
+                raise DataError(f"{cue_path}: cue mask size {cue.shape} != mask size {mask.shape}")
             on_background_cue = (cue > 0) & (mask == 0)
             n_cue_images += 1
             n_cue_pixels += int(on_background_cue.sum())
@@ -185,7 +184,7 @@ def evaluate_cams(
     scores = confusion.compute()
     mious = np.array([s.miou for s in scores])
     if np.isnan(mious).all():
-        raise ValueError(f"split {split!r} of {voc_root} has no labelled pixels to evaluate")
+        raise DataError(f"split {split!r} of {voc_root} has no labelled pixels to evaluate")
     best = int(np.nanargmax(mious))  # first of equals: the lowest threshold
     spurious = cue_hits / n_cue_pixels if n_cue_pixels else [None] * len(thresholds)
     sweep = [
@@ -212,26 +211,13 @@ def evaluate_cams(
     )
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """Settings of the ``evaluate`` stage."""
-
-    cam_dir: Path | None = config_field(None, "folder of <id>.npy CAMs")
-    voc_root: Path | None = config_field(None, "dataset root in VOC layout")
-    split: str = config_field("train", "split name or path to an id list")
-    thresholds: tuple[float, ...] = config_field(
-        DEFAULT_THRESHOLDS, "background thresholds to sweep"
-    )
-    out: Path | None = config_field(None, "JSON result (default <cam_dir>/eval.json)")
-
-
 def run_evaluation(config: EvalConfig) -> CamEvaluation:
     """Evaluate and write the result, the config and provenance as JSON; returns the evaluation."""
     for name, flag in (("cam_dir", "--cam-dir"), ("voc_root", "--voc-root")):
         if getattr(config, name) is None:
-            raise ValueError(f"EvalConfig.{name} is not set (pass {flag})")
+            raise ConfigError(f"EvalConfig.{name} is not set (pass {flag})")
     if not Path(config.cam_dir).is_dir():
-        raise FileNotFoundError(f"CAM folder not found: {config.cam_dir}")
+        raise MissingInputError(f"CAM folder not found: {config.cam_dir}")
     evaluation = evaluate_cams(config.cam_dir, config.voc_root, config.split, config.thresholds)
     out = Path(config.out) if config.out is not None else Path(config.cam_dir) / EVAL_NAME
     doc = {
@@ -273,47 +259,3 @@ def format_table(evaluation: CamEvaluation) -> str:
             f"({evaluation.n_cue_images} images with cue masks)"
         )
     return "\n".join(lines)
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """``hardood evaluate``: mIoU of CAM seeds over a threshold sweep."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score CAM seeds: mIoU at the best background threshold, spurious-activation rate",
-        description="Evaluate <cam-dir>/<id>.npy CAMs against the split's masks over a sweep of "
-        "background thresholds; print the per-class IoU table and write a JSON file.",
-    )
-    parser.add_argument("--config", type=Path, help="start from a saved eval.json or YAML config")
-    parser.add_argument(
-        "--cam-dir",
-        dest="cam_dir",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="folder of CAM .npy files",
-    )
-    parser.add_argument(
-        "--voc-root",
-        dest="voc_root",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="dataset root (VOC layout)",
-    )
-    parser.add_argument(
-        "--split", default=argparse.SUPPRESS, help="split name or id list (default: train)"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="JSON result (default: <cam-dir>/eval.json)",
-    )
-    cfg.add_config_args(parser, EvalConfig, skip=("cam_dir", "voc_root", "split", "out"))
-    parser.set_defaults(func=run_from_args)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    base = cfg.load_yaml(EvalConfig, args.config) if args.config else EvalConfig()
-    config = cfg.replace(base, **cfg.overrides_from_args(args, EvalConfig))
-    evaluation = run_evaluation(config)
-    print(format_table(evaluation))
-    return 0

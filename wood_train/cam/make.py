@@ -15,10 +15,8 @@ config goes to ``<out_dir>/config.yaml``; ``overlays=True`` adds ``<out_dir>/ove
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,33 +27,19 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from wood_train import config as cfg
-from wood_train.config import config_field
+from wood_train.cam.config import CAM_SCALES, CamConfig
 from wood_train.data import voc
 from wood_train.data.imageio import read_image
 from wood_train.data.transforms import normalize_image
+from wood_train.device import pin_memory, resolve_device
+from wood_train.errors import ConfigError, DataError, MissingInputError, OutputExistsError
 from wood_train.model.cam_net import CamNet
 from wood_train.model.checkpoint import load_cam_net
 from wood_train.progress import progress
 
-CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # WOOD_SPEC section 4 / IRN's make_cam
 NORM_EPS = 1e-5  # added to each map's maximum before dividing (IRN)
 CONFIG_NAME = "config.yaml"
 OVERLAY_DIR = "overlays"
-
-
-@dataclass(frozen=True)
-class CamConfig:
-    """Settings of the ``cam`` stage."""
-
-    checkpoint: Path | None = config_field(None, "trained CamNet checkpoint")
-    voc_root: Path | None = config_field(None, "dataset root in VOC layout")
-    split: str = config_field("train", "split name or path to an id list")
-    out_dir: Path | None = config_field(None, "folder for <id>.npy CAM files")
-    scales: tuple[float, ...] = config_field(CAM_SCALES, "inference scales, each run with its flip")
-    num_workers: int = config_field(2, "DataLoader workers decoding images")
-    device: str = config_field("auto", "auto (cuda if available), cpu, cuda")
-    overlays: bool = config_field(False, "also write PNG overlays")
-    overlay_alpha: float = config_field(0.5, "weight of the CAM colour")
 
 
 class CamInferenceDataset(Dataset):
@@ -177,13 +161,13 @@ def load_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one ``.npy`` CAM file (ours or IRN's); returns ``(keys int64 (K,), high_res (K, H, W))``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CAM file not found: {path}")
+        raise MissingInputError(f"CAM file not found: {path}")
     try:
         data = np.load(path, allow_pickle=True).item()
     except Exception as exc:  # numpy raises several types for damaged or foreign files
-        raise ValueError(f"{path}: not a CAM file ({exc})") from None
+        raise DataError(f"{path}: not a CAM file ({exc})") from None
     if not isinstance(data, dict) or "keys" not in data or "high_res" not in data:
-        raise ValueError(f"{path}: not a CAM file (expected a dict with 'keys' and 'high_res')")
+        raise DataError(f"{path}: not a CAM file (expected a dict with 'keys' and 'high_res')")
     keys = np.asarray(data["keys"]).astype(np.int64).reshape(-1)  # IRN stores a torch tensor
     high_res = np.asarray(data["high_res"], dtype=np.float32)
     _check_layout(path, keys, high_res)
@@ -192,17 +176,10 @@ def load_cam(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_layout(path: Path, keys: np.ndarray, high_res: np.ndarray) -> None:
     if high_res.ndim != 3 or high_res.shape[0] != len(keys):
-        raise ValueError(
+        raise DataError(
             f"{path}: high_res must be (K, H, W) with K = len(keys) = {len(keys)}, "
             f"got shape {high_res.shape}"
         )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def cam_overlay(image: np.ndarray, high_res: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -228,13 +205,13 @@ def _validated(config: CamConfig) -> CamConfig:
         ("out_dir", "--out"),
     ):
         if getattr(config, name) is None:
-            raise ValueError(f"CamConfig.{name} is not set (pass {flag})")
+            raise ConfigError(f"CamConfig.{name} is not set (pass {flag})")
     if not config.scales or any(s <= 0 for s in config.scales):
-        raise ValueError(f"scales must be positive numbers, got {config.scales}")
+        raise ConfigError(f"scales must be positive numbers, got {config.scales}")
     if not 0.0 <= config.overlay_alpha <= 1.0:
-        raise ValueError(f"overlay_alpha must be in [0, 1], got {config.overlay_alpha}")
+        raise ConfigError(f"overlay_alpha must be in [0, 1], got {config.overlay_alpha}")
     if not Path(config.voc_root).is_dir():
-        raise FileNotFoundError(f"VOC root not found: {config.voc_root}")
+        raise MissingInputError(f"VOC root not found: {config.voc_root}")
     return config
 
 
@@ -253,7 +230,7 @@ def make_cams(config: CamConfig) -> Path:
     model, meta = load_cam_net(config.checkpoint, device=device)
     class_names = voc.read_class_names(config.voc_root)
     if model.num_classes != len(class_names):
-        raise ValueError(
+        raise DataError(
             f"{config.checkpoint}: the model has {model.num_classes} classes but {config.voc_root} "
             f"names {len(class_names)}"
         )
@@ -270,7 +247,7 @@ def make_cams(config: CamConfig) -> Path:
         batch_size=None,
         shuffle=False,
         num_workers=config.num_workers if todo else 0,
-        pin_memory=device.type == "cuda",
+        pin_memory=pin_memory(device),
     )
     for item in progress(loader, total=len(todo), desc=f"cam {config.split}", unit="img"):
         keys, high_res = compute_cam(model, item["images"], item["size"], item["label"])
@@ -300,7 +277,7 @@ def _check_resumable(out_dir: Path, weights_sha256: str, scales: tuple[float, ..
     previous_sha = saved.get("checkpoint_sha256")
     previous_scales = tuple(float(s) for s in saved.get("config", {}).get("scales", scales))
     if previous_sha not in (None, weights_sha256) or previous_scales != tuple(scales):
-        raise ValueError(
+        raise OutputExistsError(
             f"{out_dir} holds CAMs of another run (weights {str(previous_sha)[:12]}, scales "
             f"{previous_scales}); this one is weights {weights_sha256[:12]}, scales {tuple(scales)}. "
             "Use a new --out folder, or empty this one to recompute"
@@ -315,50 +292,3 @@ def _write_missing_overlays(config: CamConfig, ids: list[str], out_dir: Path) ->
         _write_overlay(
             out_dir / OVERLAY_DIR / f"{image_id}.png", image, high_res, config.overlay_alpha
         )
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """``hardood cam``: CAMs for a split from a trained checkpoint."""
-    parser = subparsers.add_parser(
-        "cam",
-        help="write multi-scale CAMs (.npy, IRN layout) for a split",
-        description="Compute multi-scale + flip CAMs for every image of a split and save them as "
-        "<out>/<id>.npy (IRN layout). Existing files are kept, so a re-run resumes.",
-    )
-    parser.add_argument("--config", type=Path, help="start from a saved config.yaml")
-    parser.add_argument(
-        "--checkpoint", type=Path, default=argparse.SUPPRESS, help="CamNet checkpoint"
-    )
-    parser.add_argument(
-        "--voc-root",
-        dest="voc_root",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="dataset root (VOC layout)",
-    )
-    parser.add_argument(
-        "--split", default=argparse.SUPPRESS, help="split name or id list (default: train)"
-    )
-    parser.add_argument(
-        "--out", dest="out_dir", type=Path, default=argparse.SUPPRESS, help="output folder"
-    )
-    parser.add_argument(
-        "--overlays", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-        help="also write PNG overlays to <out>/overlays/",
-    )  # fmt: skip
-    skip = ("checkpoint", "voc_root", "split", "out_dir", "overlays")
-    cfg.add_config_args(parser, CamConfig, skip=skip)
-    parser.set_defaults(func=run_from_args)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    base = cfg.load_yaml(CamConfig, args.config) if args.config else CamConfig()
-    config = cfg.replace(base, **cfg.overrides_from_args(args, CamConfig))
-    out_dir = make_cams(config)
-    summary = yaml.safe_load((out_dir / CONFIG_NAME).read_text())["summary"]
-    print(
-        f"cam: {summary['n_images']} images of split {config.split!r} -> {out_dir} "
-        f"({summary['written']} written, {summary['already_present']} already present, "
-        f"{summary['seconds']:.1f}s on {summary['device']})"
-    )
-    return 0

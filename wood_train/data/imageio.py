@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from wood_train.errors import DataError
+
 # Pillow's default bomb limit is ~89 Mpx (warning) / 179 Mpx (error); we refuse earlier and say so.
 MAX_PIXELS = 64_000_000
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(DataError):
     """An image file that cannot be used; ``reason`` is one of REASONS."""
 
     REASONS = ("empty_file", "not_an_image", "truncated", "too_large", "unreadable")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from wood_train.data.imageio import read_label_png
+from wood_train.errors import DataError, MissingInputError
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -35,7 +36,7 @@ def read_class_names(voc_root: str | Path) -> list[str]:
         return list(VOC_CLASSES)
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: class names repeat: {names}")
+        raise DataError(f"{path}: class names repeat: {names}")
     return names
 
 
@@ -48,11 +49,11 @@ def read_split(voc_root: str | Path, split: str) -> list[str]:
         else (Path(voc_root) / "ImageSets" / "Segmentation" / f"{split}.txt")
     )
     if not path.is_file():
-        raise FileNotFoundError(f"split list not found: {path}")
+        raise MissingInputError(f"split list not found: {path}")
     # IRN's train_aug lists may hold "JPEGImages/x.jpg SegmentationClassAug/x.png" pairs
     ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
     if not ids:
-        raise ValueError(f"{path}: the split list is empty")
+        raise DataError(f"{path}: the split list is empty")
     return ids
 
 
@@ -62,7 +63,7 @@ def image_path(voc_root: str | Path, image_id: str) -> Path:
         path = folder / f"{image_id}{suffix}"
         if path.is_file():
             return path
-    raise FileNotFoundError(f"no image for id {image_id!r} in {folder} (tried {IMAGE_SUFFIXES})")
+    raise MissingInputError(f"no image for id {image_id!r} in {folder} (tried {IMAGE_SUFFIXES})")
 
 
 def mask_path(voc_root: str | Path, image_id: str, folder: str = "SegmentationClass") -> Path:
@@ -71,7 +72,7 @@ def mask_path(voc_root: str | Path, image_id: str, folder: str = "SegmentationCl
         path = root / name / f"{image_id}.png"
         if path.is_file():
             return path
-    raise FileNotFoundError(f"no mask for id {image_id!r} in {root / folder}")
+    raise MissingInputError(f"no mask for id {image_id!r} in {root / folder}")
 
 
 def _labels_from_npy(path: Path, image_ids: list[str], num_classes: int) -> np.ndarray:
@@ -82,10 +83,10 @@ def _labels_from_npy(path: Path, image_ids: list[str], num_classes: int) -> np.n
     for image_id in image_ids:
         key = image_id if image_id in lookup else image_id.replace("_", "")
         if key not in lookup:
-            raise KeyError(f"{path}: no label for image {image_id!r}")
+            raise DataError(f"{path}: no label for image {image_id!r}")
         row = np.asarray(lookup[key], dtype=np.float32)
         if row.shape != (num_classes,):
-            raise ValueError(
+            raise DataError(
                 f"{path}: label of {image_id!r} has shape {row.shape}, expected ({num_classes},)"
             )
         rows.append(row)

@@ -15,6 +15,8 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from wood_train.errors import ConfigError, DataError, MissingInputError
+
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 
 
@@ -45,7 +47,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     """Load ImageNet weights from a local torchvision-style state dict (the ``fc.*`` keys are ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {path}")
+        raise MissingInputError(f"backbone weights not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -55,12 +57,12 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     try:
         missing, unexpected = backbone.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensor shape mismatches
-        raise ValueError(f"{path}: does not match the backbone: {exc}") from None
+        raise DataError(f"{path}: does not match the backbone: {exc}") from None
     missing = [
         k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith("fc.")
     ]
     if missing or unexpected:
-        raise ValueError(
+        raise DataError(
             f"{path}: does not match the backbone; missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
         )
 
@@ -78,9 +80,9 @@ class CamNet(nn.Module):
     ):
         super().__init__()
         if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+            raise ConfigError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
         if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+            raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         resnet = getattr(torchvision.models, backbone)(weights=None)
         if backbone_weights:
             load_backbone_weights(resnet, backbone_weights)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from wood_train.errors import DataError, MissingInputError
 from wood_train.model.cam_net import CamNet, build_cam_net
 
 FORMAT = "hardood-camnet/1"
@@ -66,13 +67,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU, with a clear error for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingInputError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from None
+        raise DataError(f"{path}: not a readable checkpoint ({exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a hardood CAM checkpoint (expected format {FORMAT})")
+        raise DataError(f"{path}: not a hardood CAM checkpoint (expected format {FORMAT})")
     return payload
 
 
@@ -93,7 +94,7 @@ def load_cam_net(
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise ValueError(
+        raise DataError(
             f"{path}: weights do not match the model; missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     payload["path"] = str(path)

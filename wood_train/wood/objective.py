@@ -18,7 +18,8 @@ from wood_train import distributed
 from wood_train.data.datasets import ImageListDataset, fixed_order_loader
 from wood_train.data.transforms import TrainTransform
 from wood_train.data.voc import image_path, load_image_labels, read_split
-from wood_train.manifest.contract import load_ood_list
+from wood_train.errors import ConfigError
+from wood_train.manifest.ood_list import load_ood_list
 from wood_train.wood.losses import adversarial_climb, distance_loss, keep_mask, ood_loss
 from wood_train.wood.ood_centers import (
     class_prototypes,
@@ -77,7 +78,7 @@ class WoodObjective:
         z_id = features(id_paths, "id_features.npy")
         z_ood = features(self.ood_dataset.paths, "ood_features.npy")
         if len(z_ood) < config.num_centers:
-            raise ValueError(
+            raise ConfigError(
                 f"{config.ood_manifest}: {len(z_ood)} OoD images are fewer than num_centers={config.num_centers}"
             )
         prototypes = class_prototypes(z_id, labels, self.class_names)
@@ -169,7 +170,7 @@ def prepare_wood(
     )
     unknown = [c for c in config.ignore_classes if c not in class_names]
     if unknown:
-        raise ValueError(f"ignore_classes {unknown} are not among the classes {class_names}")
+        raise ConfigError(f"ignore_classes {unknown} are not among the classes {class_names}")
     objective = WoodObjective(config, class_names, ood_paths, device)
     if state is not None:
         objective.load_state(state)

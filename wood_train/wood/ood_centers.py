@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wood_train.data.imageio import read_image
 from wood_train.data.transforms import normalize_image
+from wood_train.errors import ConfigError, DataError
 from wood_train.progress import progress
 
 # WOOD_SPEC section 1: the training crop side; features are taken at the size the model trains at.
@@ -203,7 +204,7 @@ def class_prototypes(
     empty = np.flatnonzero(counts == 0)
     if empty.size:
         names = [class_names[c] if class_names is not None else str(c) for c in empty]
-        raise ValueError(
+        raise DataError(
             f"class(es) {names} (index {empty.tolist()}) have no image in the ID set; "
             "every class needs at least one image for its prototype"
         )
@@ -290,7 +291,7 @@ def kmeans_centers(
     """
     num_rows, dim = features.shape
     if num_rows < k:
-        raise ValueError(f"K-means with k={k} needs at least {k} OoD images, got {num_rows}")
+        raise ConfigError(f"K-means with k={k} needs at least {k} OoD images, got {num_rows}")
     order = np.arange(num_rows) if keys is None else _key_order(keys, num_rows)
     num_train = min(num_rows, k * max_points_per_centroid)
     if num_train < num_rows:
@@ -364,14 +365,14 @@ def shared_precision(
             scatter += residual.T @ residual
             count += residual.shape[0]
     if count == 0:
-        raise ValueError("no labelled image: the shared covariance needs at least one")
+        raise DataError("no labelled image: the shared covariance needs at least one")
     covariance = scatter / count
     scale = np.trace(covariance) / dim
     shrunk = (1 - shrinkage) * covariance + shrinkage * scale * np.eye(dim)
     try:
         factor = np.linalg.cholesky(shrunk)
     except np.linalg.LinAlgError:
-        raise ValueError(
+        raise DataError(
             "the shared covariance is singular (features do not vary around their prototypes, "
             f"or shrinkage={shrinkage} is too small for {count} samples in {dim} dimensions)"
         ) from None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wood_train.config import config_field
+from wood_train.errors import ConfigError
 from wood_train.world.draw import CLASS_NAMES, CUE_NAMES
 
 # bump when drawing changes, so an old world on disk is not mistaken for the current one
@@ -69,7 +70,7 @@ class WorldConfig:
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
         if problems:
-            raise ValueError("invalid WorldConfig: " + "; ".join(problems))
+            raise ConfigError("invalid WorldConfig: " + "; ".join(problems))
 
     @property
     def n_pool_originals(self) -> int:

@@ -5,11 +5,9 @@ Writes a world (layout in ``wood_train.world``) and runs ``hardood world``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +15,16 @@ import pandas as pd
 import yaml
 
 from wood_train.config import (
-    add_config_args,
     config_hash,
-    overrides_from_args,
-    replace,
     save_config,
 )
 from wood_train.data.imageio import decode_image, write_label_png
+from wood_train.errors import DataError, MissingInputError, OutputExistsError
 from wood_train.progress import progress
 from wood_train.world.config import (
     GENERATOR_VERSION,
     POOL_KINDS,
     TRUTH_COLUMNS,
-    WORLD_PRESETS,
     WorldConfig,
     WorldPaths,
     world_paths,
@@ -142,15 +137,13 @@ def read_world_info(root: str | Path) -> dict:
     """The contents of ``world.yaml`` (config, provenance, names, counts)."""
     path = Path(root) / "world.yaml"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path}: no world here; create one with `hardood world --out {root}`"
         )
     with open(path) as f:
         info = yaml.safe_load(f)
     if not isinstance(info, dict) or "world_hash" not in info:
-        raise ValueError(
-            f"{path}: not a world description (no world_hash); regenerate with --force"
-        )
+        raise DataError(f"{path}: not a world description (no world_hash); regenerate with --force")
     return info
 
 
@@ -216,16 +209,16 @@ def _check_replaceable(out_dir: Path, config: WorldConfig, force: bool) -> None:
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
-        raise ValueError(f"{out_dir}: exists and is not a folder; choose another --out")
+        raise OutputExistsError(f"{out_dir}: exists and is not a folder; choose another --out")
     if not any(out_dir.iterdir()):
         return
     if not (out_dir / "world.yaml").is_file():
-        raise ValueError(
+        raise OutputExistsError(
             f"{out_dir}: folder is not empty and holds no world; choose a new or empty folder"
         )
     if not force:
         held = _existing_world_hash(out_dir) or "an incomplete world"
-        raise ValueError(
+        raise OutputExistsError(
             f"{out_dir}: holds a different world ({held}, wanted {_world_hash(config)}); "
             "pass --force (force=True) to replace it, or choose another folder"
         )
@@ -244,41 +237,3 @@ def _install(partial: Path, out_dir: Path, config: WorldConfig, force: bool) -> 
                 retired.rename(out_dir)  # put the old world back rather than lose it
             raise
     shutil.rmtree(retired, ignore_errors=True)
-
-
-# ---- command line -------------------------------------------------------------------------------
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "world",
-        help="generate the spurious-cue world (VOC layout, unlabelled pool, pool truth)",
-        description="Generate the spurious-cue world: VOC layout, an unlabelled pool and its truth.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="world folder to write")
-    parser.add_argument(
-        "--preset", choices=sorted(WORLD_PRESETS), default="default", help="base config"
-    )
-    parser.add_argument("--force", action="store_true", help="replace a different world in --out")
-    add_config_args(parser, WorldConfig)
-    parser.set_defaults(func=run_from_args)
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> WorldConfig:
-    return replace(WORLD_PRESETS[args.preset], **overrides_from_args(args, WorldConfig))
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    start = time.perf_counter()
-    reused = find_world(args.out, config) is not None
-    paths = generate_world(config, args.out, force=args.force)
-    counts = read_world_info(paths.root)["counts"]
-    kinds = ", ".join(f"{kind} {n}" for kind, n in counts["pool_kinds"].items())
-    print(
-        f"world {'reused' if reused else 'written'}: train {counts['train']}, val {counts['val']}, "
-        f"pool {counts['pool']} ({kinds}; {counts['pool_duplicates']} of them near-duplicates) "
-        f"in {time.perf_counter() - start:.1f} s -> {paths.root}"
-    )
-    return 0
