@@ -34,6 +34,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.demo.simulated_annotators import truth_by_sha  # noqa: E402
+from curate import store  # noqa: E402
 from curate.mine import mine  # noqa: E402
 from curate.mine_config import PRESETS as MINE_PRESETS  # noqa: E402
 from curate.queue.build import queue_frame  # noqa: E402
@@ -62,8 +63,9 @@ def hard_ood_list(ws: Path, world, baseline_ckpt: Path, n: int) -> list[str]:
     config = cfg.replace(MINE_PRESETS["world"], db=db, checkpoint=baseline_ckpt, pool=(str(world.pool_dir),),
                          queue_size=4 * n)  # fmt: skip
     mine(config, log=lambda line: print(f"  mine: {line}"))
-    contains = truth_by_sha(db, read_pool_truth(world.root), world.pool_dir)
-    queue = queue_frame(db)
+    with store.connect(db) as conn:
+        contains = truth_by_sha(conn, read_pool_truth(world.root), world.pool_dir)
+        queue = queue_frame(conn)
     kept = [Path(p).name for p, sha in zip(queue.path, queue.sha256) if not contains[sha]]
     if len(kept) < n:
         raise SystemExit(f"the queue holds only {len(kept)} confirmed hard OoDs; lower --n-ood")

@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from curate.review import verdicts as review  # noqa: E402
+from curate import store  # noqa: E402
+from curate.review import annotators, verdicts  # noqa: E402
 from tests.app.browser_helpers import (  # noqa: E402
     GRID_READY_JS,
     SINGLE_READY_JS,
@@ -59,12 +60,13 @@ def simulate_team(db: Path, shas: list[str]) -> None:
     """Two simulated annotators judge the same items (for the progress page's agreement)."""
     flips = {"bo": lambda i: i % 5 == 0, "cy": lambda i: (i % 5 == 0) != (i % 12 == 0)}
     for name, flipped in flips.items():
-        review.sign_in(db, name)
-        verdicts = [
-            (sha, "contains_foreground" if flipped(i) else "no_foreground", 2.0 + i % 4)
-            for i, sha in enumerate(shas)
-        ]
-        review.record_verdicts(db, name, verdicts, source="simulated")
+        with store.connect(db) as conn:
+            annotators.sign_in(conn, name)
+            given = [
+                (sha, "contains_foreground" if flipped(i) else "no_foreground", 2.0 + i % 4)
+                for i, sha in enumerate(shas)
+            ]
+            verdicts.record_verdicts(conn, name, given, source="simulated")
 
 
 def measure_grid(page, pages: int) -> list[float]:

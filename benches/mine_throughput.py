@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -73,9 +72,7 @@ def mine_end_to_end(
     work: Path, checkpoint: Path, pool: Path, batch_size: int, workers: int | None
 ) -> float:
     db = work / "throughput.db"
-    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(store.embeddings_dir(db), ignore_errors=True)
+    store.delete_store(db)
     argv = ["--db", str(db), "--checkpoint", str(checkpoint), "--pool", str(pool),
             "--batch-size", str(batch_size)]  # fmt: skip
     if workers is not None:

@@ -42,10 +42,11 @@ def add_queue(parser: argparse.ArgumentParser) -> None:
 
 def run_queue(args: argparse.Namespace) -> int:
     from curate import store
-    from curate.queue.build import format_table, queue_frame
+    from curate.queue.build import format_queue_table, queue_frame
 
     db = store.open_existing(args.db)
-    frame = queue_frame(db, top=args.top)
+    with store.connect(db) as conn:
+        frame = queue_frame(conn, top=args.top)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.csv.with_name(args.csv.name + ".tmp")
@@ -56,7 +57,8 @@ def run_queue(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"the queue in {db} is empty; run `hardood mine` to build it")
         return 0
-    print(format_table(frame.head(args.top or 20)))
+    print(format_queue_table(frame.head(args.top or 20)))
+    print(f"paste a sha256 or a path into `hardood similar --db {args.db} --like ...`")
     return 0
 
 
@@ -66,7 +68,8 @@ def add_similar(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--like",
         required=True,
-        help="an image: a path or file name that was mined, or a sha256 (or a prefix of one)",
+        help="an image, as `hardood queue` prints it: a sha256 prefix, a path, or a stored file "
+        "name such as p_db0b5d43.jpg",
     )
     parser.add_argument("--k", type=int, default=50, help="how many neighbours (default: 50)")
     parser.add_argument(
@@ -82,7 +85,8 @@ def run_similar(args: argparse.Namespace) -> int:
     from curate import store
     from curate.neighbours.similar import find_similar
 
-    table = find_similar(store.open_existing(args.db), args.like, k=args.k, embedder=args.embedder)
+    with store.connect(store.open_existing(args.db)) as conn:
+        table = find_similar(conn, args.like, k=args.k, embedder=args.embedder)
     shown = table.assign(sha256=table["sha256"].str[:12], verdict=table["verdict"].fillna("-"))
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
     if args.csv:
@@ -113,8 +117,8 @@ def run_export(args: argparse.Namespace) -> int:
     from curate import store
     from curate.export.build import export_manifest
 
-    db = store.open_existing(args.db)
-    result = export_manifest(db, args.out, policy=args.policy, force=args.force)
+    with store.connect(store.open_existing(args.db)) as conn:
+        result = export_manifest(conn, args.out, policy=args.policy, force=args.force)
     print(
         f"exported {result.images} reviewed images ({result.no_foreground} no_foreground, "
         f"policy {args.policy}, {result.verdicts} verdicts) -> {result.out_dir}"

@@ -4,13 +4,16 @@ WOOD_SPEC section 2. One ``runs`` row per call records the checkpoint hash, the 
 the tool version, start/end and the counts. Every step is resumable: files already registered are
 not re-hashed, images already scored by the same checkpoint are skipped, scoring commits per
 batch, and the queue is rebuilt in one transaction (verdicts and leases are never touched), so
-re-running the same command after a crash or a kill continues where it stopped.
+re-running the same command after a crash or a kill continues where it stopped. A store copied
+without its ``NAME.embeddings/`` folder is repaired the same way: the images whose vectors are
+missing are embedded again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from curate import store
 from curate.ingest.pool_sources import TagTable, foreground_tags, iter_pool, load_tag_map
 from curate.ingest.register import ingest_pool
 from curate.mine_config import EMBEDDERS, HARDNESS_MODES, MineConfig
+from curate.neighbours.vector_index import forget_missing_vectors
 from curate.queue.build import QueueSettings, build_queue
 from curate.score.scoring import (
     Scorer,
@@ -48,13 +52,12 @@ class MineResult:
     queue: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def bad_reason_counts(db_path: str | Path) -> dict[str, int]:
+def bad_reason_counts(conn: sqlite3.Connection) -> dict[str, int]:
     """Images with ``status='bad'`` in the store, per reason."""
-    with store.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT bad_reason, COUNT(*) AS n FROM images WHERE status = 'bad' "
-            "GROUP BY bad_reason ORDER BY n DESC, bad_reason"
-        ).fetchall()
+    rows = conn.execute(
+        "SELECT bad_reason, COUNT(*) AS n FROM images WHERE status = 'bad' "
+        "GROUP BY bad_reason ORDER BY n DESC, bad_reason"
+    ).fetchall()
     return {r["bad_reason"] or "unknown": r["n"] for r in rows}
 
 
@@ -107,32 +110,34 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
     model, meta = load_cam_net(config.checkpoint, device)
     class_names = list(meta["class_names"])
     db = store.open_store(config.db)
-    with store.connect(db) as conn:
-        store.ensure_classes(conn, class_names, source=str(config.checkpoint))
     config = cfg.replace(
         config,
         image_size=resolve_image_size(config.image_size, meta),
         workers=loader_workers(config.workers, device),
     )
-    run_id = store.start_run(db, "mine", cfg.to_dict(config), meta["weights_sha256"])
-    counts: Counter = Counter()
-    try:
-        _ingest_step(db, config, class_names, run_id, counts, log)
-        scorer = _score_step(db, config, model, meta, device, run_id, counts, log)
-        queue = _queue_step(db, config, scorer, run_id, counts, log)
-        bad = bad_reason_counts(db)
-        log("bad images: " + (", ".join(f"{k} {v}" for k, v in bad.items()) or "none"))
-    except KeyboardInterrupt:
-        store.finish_run(db, run_id, "interrupted", dict(counts))
-        raise
-    except BaseException:
-        store.finish_run(db, run_id, "failed", dict(counts))
-        raise
-    store.finish_run(db, run_id, "done", dict(counts))
+    with store.connect(db) as conn:
+        with store.transaction(conn):
+            store.ensure_classes(conn, class_names, source=str(config.checkpoint))
+        run_id = store.start_run(conn, "mine", cfg.to_dict(config), meta["weights_sha256"])
+        counts: Counter = Counter()
+        try:
+            _ingest_step(conn, config, class_names, run_id, counts, log)
+            _forget_missing_vectors_step(conn, log)
+            scorer = _score_step(conn, config, model, meta, device, run_id, counts, log)
+            queue = _queue_step(conn, config, scorer, run_id, counts, log)
+            bad = bad_reason_counts(conn)
+            log("bad images: " + (", ".join(f"{k} {v}" for k, v in bad.items()) or "none"))
+        except KeyboardInterrupt:
+            store.finish_run(conn, run_id, "interrupted", dict(counts))
+            raise
+        except BaseException:
+            store.finish_run(conn, run_id, "failed", dict(counts))
+            raise
+        store.finish_run(conn, run_id, "done", dict(counts))
     return MineResult(run_id, db, dict(counts), bad, queue)
 
 
-def _ingest_step(db, config: MineConfig, class_names, run_id, counts, log) -> None:
+def _ingest_step(conn, config: MineConfig, class_names, run_id, counts, log) -> None:
     fg_tags = foreground_tags(class_names, load_tag_map(config.tag_map))
     tag_table = None
     if config.tags_csv:
@@ -140,14 +145,24 @@ def _ingest_step(db, config: MineConfig, class_names, run_id, counts, log) -> No
     for source in config.pool:
         started = time.perf_counter()
         files = iter_pool(source, config.path_column, config.tags_column)
-        report = ingest_pool(db, files, fg_tags, run_id, tag_table, rehash=config.rehash)
+        report = ingest_pool(conn, files, fg_tags, run_id, tag_table, rehash=config.rehash)
         counts.update({f"ingest_{k}": v for k, v in report.counts.items()})
         log(f"{report.summary()}  [{source}, {time.perf_counter() - started:.1f} s]")
         for problem in report.problems:
             log(f"  cannot read: {problem}")
 
 
-def _score_step(db, config: MineConfig, model, meta, device, run_id, counts, log) -> Scorer:
+def _forget_missing_vectors_step(conn, log) -> None:
+    dropped = forget_missing_vectors(conn)
+    if dropped:
+        folder = store.embeddings_dir(conn)
+        log(
+            f"embeddings: {sum(dropped.values())} vectors missing from {folder} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))}); embedding them again"
+        )
+
+
+def _score_step(conn, config: MineConfig, model, meta, device, run_id, counts, log) -> Scorer:
     started = time.perf_counter()
     clip, clip_name = None, None
     if config.embedder == "open_clip":
@@ -157,7 +172,7 @@ def _score_step(db, config: MineConfig, model, meta, device, run_id, counts, log
         clip_name = clip.name
     scorer = Scorer(model, meta["weights_sha256"], list(meta["class_names"]), config.image_size,
                     device, clip, clip_name)  # fmt: skip
-    report = score_pool(db, scorer, run_id, config.hardness, config.heatmap_size,
+    report = score_pool(conn, scorer, run_id, config.hardness, config.heatmap_size,
                         config.batch_size, config.workers, config.amp)  # fmt: skip
     seconds = time.perf_counter() - started
     counts.update({f"score_{k.replace(':', '_')}": v for k, v in report.counts.items()})
@@ -165,19 +180,21 @@ def _score_step(db, config: MineConfig, model, meta, device, run_id, counts, log
     log(f"{report.summary()}  [{seconds:.1f} s{rate}]")
     for problem in report.problems:
         log(f"  {problem}")
-    rescore_hardness(db, scorer.checkpoint_sha256, config.hardness, len(scorer.class_names))
+    rescore_hardness(conn, scorer.checkpoint_sha256, config.hardness, len(scorer.class_names))
     return scorer
 
 
-def _queue_step(db, config: MineConfig, scorer: Scorer, run_id, counts, log) -> pd.DataFrame:
+def _queue_step(conn, config: MineConfig, scorer: Scorer, run_id, counts, log) -> pd.DataFrame:
     started = time.perf_counter()
     if scorer.clip is None:
         embedder, dim = scorer.classifier_embedder, scorer.model.feature_dim
     else:
         embedder, dim = scorer.clip_embedder, _clip_dim(scorer.clip)
-    queue = build_queue(db, scorer.checkpoint_sha256, embedder, dim, run_id, queue_settings(config))
+    queue = build_queue(
+        conn, scorer.checkpoint_sha256, embedder, dim, run_id, queue_settings(config)
+    )
     counts["queue"] = len(queue)
-    groups = _group_stats(db)
+    groups = _group_stats(conn)
     counts.update(groups)
     log(
         f"dedup: {groups['dup_groups']} near-duplicate groups covering "
@@ -197,12 +214,11 @@ def _clip_dim(clip) -> int:
     return int(clip.embed([np.zeros((32, 32, 3), np.uint8)]).shape[1])
 
 
-def _group_stats(db: Path) -> Counter:
-    with store.connect(db) as conn:
-        row = conn.execute(
-            "SELECT COUNT(DISTINCT representative) AS groups, COUNT(*) AS members "
-            "FROM dup_groups WHERE group_size > 1"
-        ).fetchone()
+def _group_stats(conn: sqlite3.Connection) -> Counter:
+    row = conn.execute(
+        "SELECT COUNT(DISTINCT representative) AS groups, COUNT(*) AS members "
+        "FROM dup_groups WHERE group_size > 1"
+    ).fetchone()
     return Counter(dup_groups=row["groups"], dup_members=row["members"])
 
 

@@ -1,11 +1,17 @@
-"""The curation store: one SQLite file shared by ``mine``, ``queue``, the annotation app and export.
+"""The curation store shared by ``mine``, ``queue``, the annotation app and export.
 
-The store is boring on purpose: WAL mode, foreign keys on, a busy timeout, one short-lived
-connection per unit of work and every write in a transaction::
+A store is two things side by side: the SQLite file ``NAME.db`` and the folder
+``NAME.embeddings/`` that holds the embedding vectors (``curate.neighbours.vector_index``). Copy or
+move both together.
+
+The store is boring on purpose: WAL mode, foreign keys on, a busy timeout. The caller of a unit of
+work (a command step, an app rerun, a test) opens one connection and passes it down; library
+functions take ``conn``, never a path. Every write runs in a short transaction::
 
     open_store("curation.db")                      # create or migrate, once per command
-    with connect("curation.db") as conn:           # commits on success, rolls back on error
-        conn.execute("INSERT INTO annotators VALUES (?, ?)", ("ana", now_iso()))
+    with connect("curation.db") as conn:           # one connection, closed at exit
+        with transaction(conn):                    # BEGIN ... COMMIT, ROLLBACK on error
+            conn.execute("INSERT INTO annotators VALUES (?, ?)", ("ana", now_iso()))
 
 Schema (version 1): ``meta`` (``schema_version``, ``classes``), ``runs`` (one row per command with
 its config, checkpoint hash, tool version, start/end, status and counts), ``roots`` (absolute
@@ -23,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,7 +102,7 @@ def _migrate_to_v1(conn: sqlite3.Connection) -> None:
 
 # Ordered: MIGRATIONS[i] takes a store from schema version i to i + 1. Append, never edit.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1]
-SCHEMA_VERSION = len(MIGRATIONS)
+STORE_SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def now_iso() -> str:
@@ -103,9 +110,10 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _raw_connection(db_path: str | Path) -> sqlite3.Connection:
+def _raw_connection(db_file: str | Path) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(str(db_path), timeout=BUSY_TIMEOUT_S)
+        # isolation_level=None: autocommit; transactions are explicit (``transaction``)
+        conn = sqlite3.connect(str(db_file), timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -113,36 +121,79 @@ def _raw_connection(db_path: str | Path) -> sqlite3.Connection:
         # can drop the last few, and the store is never corrupted (SQLite's documented trade-off)
         conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.DatabaseError as exc:
-        raise DataError(f"{db_path}: not a usable curation database ({exc})") from None
+        raise DataError(f"{db_file}: not a usable curation database ({exc})") from None
     return conn
 
 
 @contextlib.contextmanager
-def connect(db_path: str | Path, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-    """A short-lived connection for one unit of work; commits on success, rolls back on error.
+def connect(db_file: str | Path) -> Iterator[sqlite3.Connection]:
+    """One connection for a unit of work (a command step, an app rerun, a test), closed at exit.
+
+    The connection is in autocommit mode and opens no transaction: wrap every write, and every
+    read that needs one consistent view, in ``transaction``. Rows come back as ``sqlite3.Row``.
 
     Parameters
     ----------
-    db_path
+    db_file
         The store file; it must exist (``open_store`` creates it).
-    immediate
-        Take the write lock at the start (``BEGIN IMMEDIATE``). Use it for read-then-write work
-        (leases, counters) so no other writer can slip in between the read and the write.
+
+    Examples
+    --------
+    >>> with connect("curation.db") as conn:  # doctest: +SKIP
+    ...     with transaction(conn):
+    ...         conn.execute("INSERT INTO annotators VALUES (?, ?)", ("ana", now_iso()))
     """
-    path = Path(db_path)
+    path = Path(db_file)
     if not path.is_file():
         raise MissingInputError(f"curation database not found: {path} (run `hardood mine` first)")
     conn = _raw_connection(path)
     try:
-        if immediate:
-            conn.execute("BEGIN IMMEDIATE")
         yield conn
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    """``BEGIN`` ... ``COMMIT``, or ``ROLLBACK`` on any exception.
+
+    Parameters
+    ----------
+    conn
+        A connection from ``connect``.
+    immediate
+        Take the write lock at the start (``BEGIN IMMEDIATE``). Use it for read-then-write work
+        (leases, counters) so no other writer can slip in between the read and the write.
+
+    A deferred transaction that only reads is one WAL snapshot: every read in it sees the store as
+    it was at the first read, while other connections keep writing. Inside an open transaction this
+    nests as a savepoint (its own rollback on error; the outer transaction's lock applies).
+    """
+    nested = conn.in_transaction
+    if nested:
+        begin, commit, rollback = "SAVEPOINT nested", "RELEASE nested", "ROLLBACK TO nested"
+    elif immediate:
+        begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"
+    else:
+        begin, commit, rollback = "BEGIN", "COMMIT", "ROLLBACK"
+    try:
+        conn.execute(begin)
+        yield conn
+        conn.execute(commit)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute(rollback)
+            if nested:
+                conn.execute(commit)  # a savepoint stays open after ROLLBACK TO until released
+        raise
+
+
+def db_path(conn: sqlite3.Connection) -> Path:
+    """The file of the store behind ``conn`` (for side folders such as ``NAME.embeddings/``)."""
+    for row in conn.execute("PRAGMA database_list"):
+        if row["name"] == "main" and row["file"]:
+            return Path(row["file"])
+    raise DataError("this connection is not to a store file (an in-memory database?)")
 
 
 def _read_version(conn: sqlite3.Connection) -> int:
@@ -155,13 +206,13 @@ def _read_version(conn: sqlite3.Connection) -> int:
     return int(row["value"]) if row else 0
 
 
-def open_store(db_path: str | Path) -> Path:
-    """Create the store or migrate it to ``SCHEMA_VERSION``; refuse a newer schema.
+def open_store(db_file: str | Path) -> Path:
+    """Create the store or migrate it to ``STORE_SCHEMA_VERSION``; refuse a newer schema.
 
     Safe to call from several processes at once: migrations run under the write lock and re-read
     the version inside it. Returns the store's absolute path.
     """
-    path = Path(db_path).resolve()
+    path = Path(db_file).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = _raw_connection(path)
     try:
@@ -171,48 +222,38 @@ def open_store(db_path: str | Path) -> Path:
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{path}: not a usable curation database ({exc})") from None
         _refuse_newer(path, version)
-        if version == SCHEMA_VERSION:
+        if version == STORE_SCHEMA_VERSION:
             return path
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn, immediate=True):
             version = _read_version(conn)
             _refuse_newer(path, version)
-            for step in range(version, SCHEMA_VERSION):
+            for step in range(version, STORE_SCHEMA_VERSION):
                 MIGRATIONS[step](conn)
-            conn.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(SCHEMA_VERSION),),
-            )
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
+            set_meta(conn, "schema_version", str(STORE_SCHEMA_VERSION))
     finally:
         conn.close()
     return path
 
 
-def open_existing(db_path: str | Path) -> Path:
+def open_existing(db_file: str | Path) -> Path:
     """``open_store`` for commands that read a store: refuse a path that is not there."""
-    path = Path(db_path)
+    path = Path(db_file)
     if not path.is_file():
         raise MissingInputError(f"curation database not found: {path} (run `hardood mine` first)")
     return open_store(path)
 
 
 def _refuse_newer(path: Path, version: int) -> None:
-    if version > SCHEMA_VERSION:
+    if version > STORE_SCHEMA_VERSION:
         raise DataError(
             f"{path}: store has schema version {version}, but this hardood knows only up to "
-            f"{SCHEMA_VERSION}; upgrade hardood to open it"
+            f"{STORE_SCHEMA_VERSION}; upgrade hardood to open it"
         )
 
 
-def schema_version(db_path: str | Path) -> int:
+def schema_version(conn: sqlite3.Connection) -> int:
     """The schema version recorded in the store (0 for an empty file)."""
-    with connect(db_path) as conn:
-        return _read_version(conn)
+    return _read_version(conn)
 
 
 # ---- meta -----------------------------------------------------------------------------------
@@ -237,6 +278,11 @@ def get_classes(conn: sqlite3.Connection) -> list[str] | None:
     return json.loads(value) if value is not None else None
 
 
+def class_name(classes: list[str], index: int) -> str:
+    """The name of class ``index``, or ``"class N"`` when the store records no such class."""
+    return classes[index] if 0 <= index < len(classes) else f"class {index}"
+
+
 def ensure_classes(conn: sqlite3.Connection, class_names: list[str], source: str = "") -> None:
     """Record the class names on the first run; a later run with other classes is an error."""
     stored = get_classes(conn)
@@ -253,7 +299,7 @@ def ensure_classes(conn: sqlite3.Connection, class_names: list[str], source: str
 
 
 def start_run(
-    db_path: str | Path,
+    conn: sqlite3.Connection,
     command: str,
     config: dict[str, Any],
     checkpoint_sha256: str | None = None,
@@ -264,7 +310,7 @@ def start_run(
         from wood_train.config import package_versions
 
         tool_version = package_versions().get("hardood")
-    with connect(db_path) as conn:
+    with transaction(conn):
         cursor = conn.execute(
             "INSERT INTO runs(command, config_json, checkpoint_sha256, tool_version, started_at, "
             "status) VALUES (?, ?, ?, ?, ?, 'running')",
@@ -280,12 +326,12 @@ def start_run(
 
 
 def finish_run(
-    db_path: str | Path, run_id: int, status: str, counts: dict[str, Any] | None = None
+    conn: sqlite3.Connection, run_id: int, status: str, counts: dict[str, Any] | None = None
 ) -> None:
     """Close a run: set its status (done | failed | interrupted), end time and counts."""
     if status not in RUN_STATUSES:
         raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
-    with connect(db_path) as conn:
+    with transaction(conn):
         conn.execute(
             "UPDATE runs SET status = ?, ended_at = ?, counts_json = ? WHERE run_id = ?",
             (status, now_iso(), json.dumps(counts or {}, sort_keys=True, default=str), run_id),
@@ -302,10 +348,22 @@ def ensure_root(conn: sqlite3.Connection, folder: str | Path) -> int:
     return int(conn.execute("SELECT root_id FROM roots WHERE path = ?", (path,)).fetchone()[0])
 
 
-def embeddings_dir(db_path: str | Path) -> Path:
-    """Folder of the embedding memmaps: ``<db stem>.embeddings/`` beside the store."""
-    path = Path(db_path)
-    return path.with_name(path.stem + ".embeddings")
+def embeddings_dir(conn: sqlite3.Connection) -> Path:
+    """Folder of the embedding vectors: ``<db stem>.embeddings/`` beside the store's file."""
+    return _embeddings_dir_of(db_path(conn))
+
+
+def _embeddings_dir_of(db_file: Path) -> Path:
+    return db_file.with_name(db_file.stem + ".embeddings")
+
+
+def delete_store(db_file: str | Path) -> None:
+    """Remove a store completely: its file, SQLite's ``-wal``/``-shm`` files and its embeddings
+    folder (benches and tests that start from nothing)."""
+    path = Path(db_file)
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        part.unlink(missing_ok=True)
+    shutil.rmtree(_embeddings_dir_of(path), ignore_errors=True)
 
 
 # ---- blobs ----------------------------------------------------------------------------------

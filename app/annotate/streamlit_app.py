@@ -3,9 +3,9 @@
 Views: Grid (the main mode: a page of thumbnails, each "no foreground" until flipped, Enter
 submits), Single (one image, the CAM on a toggle, a verdict per key) and Progress. All state that
 matters lives in the store: each run of this script first commits what the browser sent (a verdict,
-a page, an undo), then asks ``curate.review.verdicts`` for the items to show, so nothing is lost on a reload
-or a server restart. A widget's key carries the item it was drawn for, so a press always lands on
-the item the annotator saw.
+a page, an undo), then asks ``curate.review`` for the items to show, so nothing is lost on a reload
+or a server restart. Each run opens one store connection and passes it to every call. A widget's
+key carries the item it was drawn for, so a press always lands on the item the annotator saw.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ import streamlit as st
 from app.annotate import hotkeys
 from app.annotate.images import DISPLAY_SIDE, THUMB_SIDE, render_jpeg
 from app.annotate.launch import AnnotateConfig, check_config, parse_app_args
+from curate import store
 from curate.export import build as export
 from curate.ingest.image_files import read_image_bytes
-from curate.review import verdicts as review
+from curate.review import agreement, annotators, leases, verdicts
+from curate.review import progress as review_progress
 from wood_train.data.imageio import decode_image
 from wood_train.manifest.contract import LABEL_POLICIES
 
@@ -53,40 +55,44 @@ def main() -> None:
     st.html(CSS)
     with st.container(key="hotkeys"):
         st.html(hotkeys.hotkeys_html(), unsafe_allow_javascript=True)
-    annotator = st.session_state.get("annotator")
-    if annotator is None:
-        sign_in_view(config)
-        return
-    try:
-        notice = commit_pending(config, annotator)  # before anything is drawn
-    except (ValueError, KeyError) as exc:  # e.g. the queue was rebuilt under this page
-        notice = None
-        st.error(f"Not saved: {exc}")
-    view = sidebar(config, annotator)
-    if notice:
-        st.toast(notice)
-    if view == "Grid":
-        grid_view(config, annotator)
-    elif view == "Single":
-        single_view(config, annotator)
-    else:
-        progress_view(config)
+    with store.connect(config.db) as conn:  # one connection for this run of the script
+        annotator = st.session_state.get("annotator")
+        if annotator is None:
+            sign_in_view(config, conn)
+            return
+        try:
+            notice = commit_pending(config, conn, annotator)  # before anything is drawn
+        except (ValueError, KeyError) as exc:  # e.g. the queue was rebuilt under this page
+            notice = None
+            st.error(f"Not saved: {exc}")
+        view = sidebar(config, conn, annotator)
+        if notice:
+            st.toast(notice)
+        if view == "Grid":
+            grid_view(config, conn, annotator)
+        elif view == "Single":
+            single_view(config, conn, annotator)
+        else:
+            progress_view(config, conn)
 
 
 # ---- loaders -------------------------------------------------------------------------------
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def load_jpeg(db: str, sha256: str, side: int, with_cam: bool) -> bytes:
-    """The image as shown: verified bytes from a registered root, scaled, CAM on request."""
-    data, path = read_image_bytes(db, sha256)
-    heatmap = review.item_heatmap(db, sha256) if with_cam else None
+def load_jpeg(db: str, _conn, sha256: str, side: int, with_cam: bool) -> bytes:
+    """The image as shown: verified bytes from a registered root, scaled, CAM on request.
+
+    Cached per (store, image, side, CAM); ``_conn`` (not part of the key) is the run's connection.
+    """
+    data, path = read_image_bytes(_conn, sha256)
+    heatmap = leases.item_heatmap(_conn, sha256) if with_cam else None
     return render_jpeg(decode_image(data, path), side, heatmap)
 
 
-def show_image(db: str, sha256: str, side: int, with_cam: bool) -> None:
+def show_image(db: str, conn, sha256: str, side: int, with_cam: bool) -> None:
     try:
-        st.image(load_jpeg(db, sha256, side, with_cam), width="stretch")
+        st.image(load_jpeg(db, conn, sha256, side, with_cam), width="stretch")
     except (OSError, ValueError) as exc:  # missing, changed or undecodable file
         st.error(f"Cannot show this image: {exc}. Mark it as a bad image.")
 
@@ -110,7 +116,7 @@ def pressed(prefix: str) -> str | None:
 # ---- views ---------------------------------------------------------------------------------
 
 
-def sign_in_view(config: AnnotateConfig) -> None:
+def sign_in_view(config: AnnotateConfig, conn) -> None:
     st.title("Review hard out-of-distribution candidates")
     st.write(
         "Each image scored high for a foreground class. Say whether any foreground class really "
@@ -129,59 +135,59 @@ def sign_in_view(config: AnnotateConfig) -> None:
             st.error("Wrong team password.")
             return
     try:
-        st.session_state.annotator = review.sign_in(config.db, name)
+        st.session_state.annotator = annotators.sign_in(conn, name)
     except ValueError as exc:
         st.error(str(exc))
         return
     st.rerun()
 
 
-def sidebar(config: AnnotateConfig, annotator: str) -> str:
+def sidebar(config: AnnotateConfig, conn, annotator: str) -> str:
     with st.sidebar:
         st.markdown(f"Signed in as **{annotator}**")
         view = st.radio("View", VIEWS, horizontal=True, key="view")
         st.toggle("CAM overlay (h)", key=hotkeys.CAM_WIDGET)
-        count = review.verdict_count(config.db, annotator)
+        count = verdicts.verdict_count(conn, annotator)
         st.caption(f"{count} verdicts by you · {config.overlap} verdict(s) per image")
         with st.expander("Keyboard shortcuts"):
             st.markdown(hotkeys.shortcuts_markdown())
-        export_panel(config)
+        export_panel(config, conn)
         if st.button("Sign out", key="sign_out"):
-            review.release(config.db, annotator)
+            leases.release(conn, annotator)
             del st.session_state["annotator"]
             st.rerun()
     return view
 
 
-def commit_pending(config: AnnotateConfig, annotator: str) -> str | None:
+def commit_pending(config: AnnotateConfig, conn, annotator: str) -> str | None:
     """Commit the verdict, grid page or undo the browser sent; returns a notice to show."""
     press = pressed(hotkeys.VERDICT_PREFIX)
     if press is not None:
         verdict, sha = press.split("__", 1)
         started = st.session_state.get("shown_at", {}).pop(sha, None)
         seconds = None if started is None else time.time() - started
-        review.record_verdict(config.db, annotator, sha, verdict, seconds)
+        verdicts.record_verdict(conn, annotator, sha, verdict, seconds)
     token = pressed(hotkeys.GRID_SUBMIT_PREFIX)
     page = st.session_state.get("grid_pages", {}).pop(token, None) if token else None
     if page is not None:
         seconds = (time.time() - page["shown_at"]) / len(page["shas"])
         flipped = [st.session_state.get(f"gridcb__{sha}", False) for sha in page["shas"]]
-        review.record_verdicts(
-            config.db,
+        verdicts.record_verdicts(
+            conn,
             annotator,
             [(sha, "contains_foreground" if f else "no_foreground", seconds)
              for sha, f in zip(page["shas"], flipped)],
         )  # fmt: skip
     if st.session_state.get(hotkeys.UNDO_WIDGET) is True:
-        if review.undo_last(config.db, annotator, config.lease_seconds) is not None:
+        if verdicts.undo_last(conn, annotator, config.lease_seconds) is not None:
             return "Undid your last verdict; that image is shown again."
         return "Nothing to undo."
     return None
 
 
-def single_view(config: AnnotateConfig, annotator: str) -> None:
+def single_view(config: AnnotateConfig, conn, annotator: str) -> None:
     shown_at = st.session_state.setdefault("shown_at", {})
-    items = review.lease_next(config.db, annotator, config.overlap, config.lease_seconds, n=1)
+    items = leases.lease_next(conn, annotator, config.overlap, config.lease_seconds, n=1)
     if not items:
         queue_finished()
         return
@@ -191,7 +197,9 @@ def single_view(config: AnnotateConfig, annotator: str) -> None:
     shown_at[item.sha256] = started
     left, right = st.columns([3, 1], gap="medium")
     with left, st.container(key=f"item__{item.sha256}"):
-        show_image(str(config.db), item.sha256, DISPLAY_SIDE, st.session_state[hotkeys.CAM_WIDGET])
+        show_image(
+            str(config.db), conn, item.sha256, DISPLAY_SIDE, st.session_state[hotkeys.CAM_WIDGET]
+        )
     with right:
         st.markdown(f"**#{item.rank}** · {plain(item.reason)}")
         st.markdown("\n".join(f"- {plain(name)}: **{score:.2f}**" for name, score in item.top3))
@@ -206,10 +214,10 @@ def single_view(config: AnnotateConfig, annotator: str) -> None:
         st.button(f"Undo last ({hotkeys.UNDO_KEY})", key=hotkeys.UNDO_WIDGET, width="stretch")
 
 
-def grid_view(config: AnnotateConfig, annotator: str) -> None:
+def grid_view(config: AnnotateConfig, conn, annotator: str) -> None:
     pages = st.session_state.setdefault("grid_pages", {})
-    items = review.lease_next(
-        config.db, annotator, config.overlap, config.lease_seconds, n=config.grid_size
+    items = leases.lease_next(
+        conn, annotator, config.overlap, config.lease_seconds, n=config.grid_size
     )
     if not items:
         queue_finished()
@@ -228,7 +236,7 @@ def grid_view(config: AnnotateConfig, annotator: str) -> None:
         columns = st.columns(4)
         for i, item in enumerate(items):
             with columns[i % 4], st.container(key=f"{hotkeys.GRID_CELL_PREFIX}{i}"):
-                show_image(str(config.db), item.sha256, THUMB_SIDE, with_cam)
+                show_image(str(config.db), conn, item.sha256, THUMB_SIDE, with_cam)
                 key = hotkeys.grid_key_label(i)
                 st.checkbox(
                     f"{f'[{key}] ' if key else ''}{plain(item.top_class)} {item.top_score or 0:.2f}",
@@ -248,8 +256,8 @@ def queue_finished() -> None:
     st.button(f"Undo last ({hotkeys.UNDO_KEY})", key=hotkeys.UNDO_WIDGET)
 
 
-def progress_view(config: AnnotateConfig) -> None:
-    summary = review.progress_summary(config.db, config.overlap)
+def progress_view(config: AnnotateConfig, conn) -> None:
+    summary = review_progress.progress_summary(conn, config.overlap)
     total = summary["queue_items"]
     columns = st.columns(4)
     columns[0].metric("Done", f"{summary['done_items']} / {total}")
@@ -265,22 +273,22 @@ def progress_view(config: AnnotateConfig) -> None:
         f"annotator(s) active in the last 15 min; {config.overlap} verdict(s) per image."
     )
     st.subheader("Annotators")
-    st.table(annotator_table(review.progress_frame(config.db)))
+    st.table(annotator_table(review_progress.progress_frame(conn)))
     st.subheader("Agreement on images seen by several annotators")
-    agreement = review.agreement(config.db)
-    if agreement["method"] is None:
+    team = agreement.agreement_summary(conn)
+    if team["method"] is None:
         st.write("No image has verdicts from two annotators yet (use --overlap 2 to measure it).")
     else:
-        kappa = "undefined" if agreement["kappa"] is None else f"{agreement['kappa']:.3f}"
-        name = "Cohen's" if agreement["method"] == "cohen" else "Fleiss'"
+        kappa = "undefined" if team["kappa"] is None else f"{team['kappa']:.3f}"
+        name = "Cohen's" if team["method"] == "cohen" else "Fleiss'"
         st.write(
-            f"{name} kappa **{kappa}** over {agreement['items']} images and "
-            f"{len(agreement['annotators'])} annotators; all verdicts agree on "
-            f"{agreement['all_agree']:.0%} of them."
+            f"{name} kappa **{kappa}** over {team['items']} images and "
+            f"{len(team['annotators'])} annotators; all verdicts agree on "
+            f"{team['all_agree']:.0%} of them."
         )
 
 
-def export_panel(config: AnnotateConfig) -> None:
+def export_panel(config: AnnotateConfig, conn) -> None:
     with st.expander("Export manifest"), st.form("export"):
         default = f"{Path(config.db).stem}_{time.strftime('%Y%m%d')}"
         name = st.text_input("Name", value=default, help=f"written under {config.export_dir}")
@@ -292,7 +300,7 @@ def export_panel(config: AnnotateConfig) -> None:
         st.sidebar.error("Use letters, digits, '.', '_' or '-' for the export name.")
         return
     try:
-        result = export.export_manifest(config.db, Path(config.export_dir) / name, policy, force)
+        result = export.export_manifest(conn, Path(config.export_dir) / name, policy, force)
     except (OSError, ValueError) as exc:
         st.sidebar.error(str(exc))
         return

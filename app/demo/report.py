@@ -6,6 +6,7 @@ CAM) and a contact sheet of the top of the review queue with each image's reason
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,9 @@ def cam_figure(
     return out
 
 
-def queue_sheet(db: Path, out: Path, n: int = 24, per_row: int = 6) -> Path:
+def queue_sheet(conn: sqlite3.Connection, out: Path, n: int = 24, per_row: int = 6) -> Path:
     """Contact sheet of the top ``n`` queue images with their reason strings."""
-    frame = queue_frame(db, top=n)
+    frame = queue_frame(conn, top=n)
     caption = 30
     rows = max(1, -(-len(frame) // per_row))
     sheet = Image.new("RGB", (TILE * per_row, rows * (TILE + caption)), "white")
@@ -96,21 +97,20 @@ def queue_sheet(db: Path, out: Path, n: int = 24, per_row: int = 6) -> Path:
     return out
 
 
-def _hardness(db: Path, checkpoint_sha: str) -> pd.Series:
-    with store.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT sha256, hardness_score FROM scores WHERE checkpoint_sha256 = ?",
-            (checkpoint_sha,),
-        ).fetchall()
+def _hardness(conn: sqlite3.Connection, checkpoint_sha: str) -> pd.Series:
+    rows = conn.execute(
+        "SELECT sha256, hardness_score FROM scores WHERE checkpoint_sha256 = ?",
+        (checkpoint_sha,),
+    ).fetchall()
     return pd.Series({r["sha256"]: r["hardness_score"] for r in rows}, dtype=float)
 
 
-def loop_table(db: Path, world, baseline_sha: str, wood_sha: str) -> pd.DataFrame:
+def loop_table(conn: sqlite3.Connection, world, baseline_sha: str, wood_sha: str) -> pd.DataFrame:
     """Per cue: pool hard OoDs that fool the baseline, and how many still fool the W-OoD model."""
     truth = read_pool_truth(world.root)
     cue_of = {f: c for f, c in zip(truth.file, truth.cues) if isinstance(c, str) and c}
-    sha_to_file = _sha_to_file(db, world.pool_dir)
-    base, wood = _hardness(db, baseline_sha), _hardness(db, wood_sha)
+    sha_to_file = _sha_to_file(conn, world.pool_dir)
+    base, wood = _hardness(conn, baseline_sha), _hardness(conn, wood_sha)
     cue_names = dict(zip(read_class_names(world.voc_root), _cue_names(world.voc_root)))
     rows = {}
     for sha, file in sha_to_file.items():
@@ -134,12 +134,11 @@ def _cue_names(voc_root: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
 
 
-def _sha_to_file(db: Path, pool_dir: Path) -> dict[str, str]:
+def _sha_to_file(conn: sqlite3.Connection, pool_dir: Path) -> dict[str, str]:
     pool_dir = Path(pool_dir).resolve()
-    with store.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT p.sha256, p.relpath, r.path FROM image_paths p JOIN roots r USING (root_id)"
-        ).fetchall()
+    rows = conn.execute(
+        "SELECT p.sha256, p.relpath, r.path FROM image_paths p JOIN roots r USING (root_id)"
+    ).fetchall()
     return {
         r["sha256"]: Path(r["relpath"]).name
         for r in rows
@@ -161,9 +160,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _verdict_cost(db: Path) -> dict:
-    with store.connect(db) as conn:
-        rows = conn.execute("SELECT seconds, source FROM verdicts WHERE undone = 0").fetchall()
+def _verdict_cost(conn: sqlite3.Connection) -> dict:
+    rows = conn.execute("SELECT seconds, source FROM verdicts WHERE undone = 0").fetchall()
     seconds = [r["seconds"] or 0.0 for r in rows]
     return {
         "verdicts": len(rows),
@@ -180,7 +178,11 @@ def write_report(
     root = Path(root)
     cam_dirs = {"baseline": root / "cams" / "baseline", "wood": root / "cams" / "wood"}
     cam_figure(world.voc_root, config.eval_split, cam_dirs, root / "fig_cams.png")
-    queue_sheet(db, root / "fig_queue.png")
+    with store.connect(db) as conn, store.transaction(conn):  # one snapshot of the store
+        queue_sheet(conn, root / "fig_queue.png")
+        loop = loop_table(conn, world, baseline.weights_sha256, wood.weights_sha256)
+        cost = _verdict_cost(conn)
+        truth_contains = truth_by_sha(conn, read_pool_truth(world.root), world.pool_dir)
     base_eval, wood_eval = evaluations["baseline"], evaluations["wood"]
     names = list(base_eval.per_class_iou)
     metrics = pd.DataFrame(
@@ -213,11 +215,8 @@ def write_report(
             for n in names
         ]
     )
-    loop = loop_table(db, world, baseline.weights_sha256, wood.weights_sha256)
-    cost = _verdict_cost(db)
     gain = (wood_eval.miou - base_eval.miou) * 100
     per_100 = gain / cost["verdicts"] * 100 if cost["verdicts"] else float("nan")
-    truth_contains = truth_by_sha(db, read_pool_truth(world.root), world.pool_dir)
     world_root, voc, pool = _rel(world.root), _rel(world.voc_root), _rel(world.pool_dir)
     db, ws, manifest = _rel(db), _rel(root), _rel(manifest_dir)
     base_ck, wood_ck = _rel(baseline.checkpoint), _rel(wood.checkpoint)

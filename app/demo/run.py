@@ -19,6 +19,7 @@ from pathlib import Path
 from app.demo import report as demo_report
 from app.demo.config import DemoConfig
 from app.demo.simulated_annotators import SimulatedTeam, simulate_review
+from curate import store
 from curate.export.build import export_manifest
 from curate.mine import mine
 from curate.mine_config import PRESETS as MINE_PRESETS
@@ -141,11 +142,19 @@ def run_demo(config: DemoConfig, log=print) -> Path:
         seconds_per_verdict=config.seconds_per_verdict,
         seed=config.seed,
     )
-    step("review", cache.key("review", cache.keys.get("mine"), dataclasses.asdict(team)),
-         lambda: _review_summary(simulate_review(ws.db, truth, world.pool_dir, team)))  # fmt: skip
 
-    step("export", cache.key("export", cache.keys.get("review"), str(ws.manifest_dir)),
-         lambda: _export_summary(export_manifest(ws.db, ws.manifest_dir, force=True)))  # fmt: skip
+    def review_step():
+        with store.connect(ws.db) as conn:
+            return _review_summary(simulate_review(conn, truth, world.pool_dir, team))
+
+    def export_step():
+        with store.connect(ws.db) as conn:
+            return _export_summary(export_manifest(conn, ws.manifest_dir, force=True))
+
+    step(
+        "review", cache.key("review", cache.keys.get("mine"), dataclasses.asdict(team)), review_step
+    )
+    step("export", cache.key("export", cache.keys.get("review"), str(ws.manifest_dir)), export_step)
 
     wood_cfg = _train_config(
         config, ws, "wood", epochs=1 if config.tiny else config.wood_epochs, init_checkpoint=baseline.checkpoint,

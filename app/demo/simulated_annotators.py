@@ -1,7 +1,7 @@
 """Simulated annotators for the demo and the benches: the pool truth stands in for people.
 
-They go through exactly the store API the app uses (``curate.review.verdicts``: sign in, lease a grid page,
-record verdicts), so leases, overlap and verdict timing behave as with a real team. Each verdict is
+They go through exactly the store API the app uses (``curate.review``: sign in, lease a grid
+page, record verdicts), so leases, overlap and verdict timing behave as with a real team. Each verdict is
 the truth ("contains_foreground" when the image has an object) flipped with probability
 ``error_rate``; seconds per verdict are drawn around ``seconds_per_verdict``. Verdicts are stored
 with ``source='simulated'`` so reports and exports can say plainly that they were simulated.
@@ -9,14 +9,14 @@ with ``source='simulated'`` so reports and exports can say plainly that they wer
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from curate import store
-from curate.review import verdicts as review
+from curate.review import annotators, leases, verdicts
 from wood_train.config import config_field
 from wood_train.errors import DataError
 from wood_train.progress import progress
@@ -37,15 +37,16 @@ class SimulatedTeam:
     seed: int = config_field(0, "seed of errors and timings")
 
 
-def truth_by_sha(db_path: str | Path, truth: pd.DataFrame, pool_dir: str | Path) -> dict[str, bool]:
+def truth_by_sha(
+    conn: sqlite3.Connection, truth: pd.DataFrame, pool_dir: str | Path
+) -> dict[str, bool]:
     """sha256 -> "contains a foreground object", joining the truth's file names to stored paths."""
     pool_dir = Path(pool_dir).resolve()
     has_object = {str(f): bool(isinstance(o, str) and o) for f, o in zip(truth.file, truth.objects)}
     out = {}
-    with store.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT p.sha256, p.relpath, r.path FROM image_paths p JOIN roots r USING (root_id)"
-        ).fetchall()
+    rows = conn.execute(
+        "SELECT p.sha256, p.relpath, r.path FROM image_paths p JOIN roots r USING (root_id)"
+    ).fetchall()
     for row in rows:
         path = Path(row["path"]) / row["relpath"]
         if path.parent.resolve() == pool_dir and path.name in has_object:
@@ -54,28 +55,27 @@ def truth_by_sha(db_path: str | Path, truth: pd.DataFrame, pool_dir: str | Path)
 
 
 def simulate_review(
-    db_path: str | Path,
+    conn: sqlite3.Connection,
     truth: pd.DataFrame,
     pool_dir: str | Path,
     team: SimulatedTeam = SimulatedTeam(),
 ) -> pd.DataFrame:
     """Review the queue with the simulated team; returns the verdicts recorded (one row each)."""
-    contains = truth_by_sha(db_path, truth, pool_dir)
+    contains = truth_by_sha(conn, truth, pool_dir)
     rng = np.random.default_rng(team.seed)
-    names = [review.sign_in(db_path, name) for name in team.annotators]
-    with store.connect(db_path) as conn:
-        queued = conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
+    names = [annotators.sign_in(conn, name) for name in team.annotators]
+    queued = conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
     target = min(queued, team.limit) if team.limit else queued
     records, done, clock = [], 0, 0.0
     bar = progress(total=target * team.overlap, desc="simulated review", unit="verdict")
     while done < target * team.overlap:
         progressed = False
         for name in names:
-            page = review.lease_next(db_path, name, k=team.overlap, n=team.page_size)
+            page = leases.lease_next(conn, name, k=team.overlap, n=team.page_size)
             page = [item for item in page if item.rank <= target]
             if not page:
                 continue
-            verdicts = []
+            given = []
             for item in page:
                 if item.sha256 not in contains:
                     raise DataError(f"image {item.sha256[:12]} in the queue has no truth row")
@@ -83,14 +83,14 @@ def simulate_review(
                 if rng.random() < team.error_rate:
                     verdict = FLIP[verdict]
                 seconds = float(team.seconds_per_verdict * rng.lognormal(0.0, 0.35))
-                verdicts.append((item.sha256, verdict, seconds))
+                given.append((item.sha256, verdict, seconds))
                 clock += seconds
                 records.append({"sha256": item.sha256, "annotator": name, "verdict": verdict,
                                 "seconds": seconds, "truth_contains": contains[item.sha256]})  # fmt: skip
-            review.record_verdicts(db_path, name, verdicts, source="simulated")
-            review.release(db_path, name)
-            done += len(verdicts)
-            bar.update(len(verdicts))
+            verdicts.record_verdicts(conn, name, given, source="simulated")
+            leases.release(conn, name)
+            done += len(given)
+            bar.update(len(given))
             progressed = True
         if not progressed:
             break

@@ -2,9 +2,9 @@
 
     hardood export --db curation.db --out data_manifests/voc_hard_ood [--policy majority] [--force]
 
-One manifest row per queue item with at least one live verdict. Its votes decide its verdict
-through ``wood_train.manifest.contract.verdict_from_votes`` under the label policy (``unsure`` votes
-abstain); an item is ``bad_image`` instead when more people said so than gave any other verdict.
+One manifest row per queue item with at least one live verdict; its votes decide its verdict
+under the label policy (``curate.export.policies``). All reads happen in one read transaction, so
+annotators who keep working during an export cannot make its rows and its meta disagree.
 Beside ``manifest.csv`` and ``manifest.meta.json`` the folder holds ``ood_list.txt``: the
 ``no_foreground`` paths, one per line, relative to ``image_root``, as the reference implementation
 reads them (``--ood_root`` = ``image_root``).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import tempfile
 from collections import Counter
@@ -30,16 +31,11 @@ from typing import Any
 import pandas as pd
 
 from curate import store
+from curate.export.policies import item_verdict, require_policy
 from curate.ingest.image_files import contained_file
-from curate.review import verdicts as review
+from curate.review.leases import SCORE_OF_QUEUE_ITEM
 from wood_train.errors import ConfigError, DataError, MissingInputError, OutputExistsError
-from wood_train.manifest.contract import (
-    CSV_NAME,
-    LABEL_POLICIES,
-    META_NAME,
-    TRAINED_VERDICT,
-    verdict_from_votes,
-)
+from wood_train.manifest.contract import CSV_NAME, META_NAME, TRAINED_VERDICT
 from wood_train.manifest.write import write_manifest
 
 OOD_LIST_NAME = "ood_list.txt"
@@ -54,18 +50,9 @@ class ExportResult:
     verdicts: int  # live verdicts behind the rows
 
 
-def item_verdict(votes: Counter, policy: str) -> str:
-    """The exported verdict of one item from its vote counts per verdict kind."""
-    no, yes = votes["no_foreground"], votes["contains_foreground"]
-    if votes["bad_image"] > max(no, yes, votes["unsure"]):
-        return "bad_image"
-    return verdict_from_votes(no, yes, policy)
-
-
-def _read_reviews(db_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def _read_reviews(conn: sqlite3.Connection) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Live verdicts, the reviewed items (queue + scores + paths) and store facts, one snapshot."""
-    with store.connect(db_path) as conn:
-        conn.execute("BEGIN")  # one read snapshot while annotators keep writing
+    with store.transaction(conn):  # one read snapshot while annotators keep writing
         verdicts = pd.DataFrame(
             [tuple(r) for r in conn.execute(
                 "SELECT sha256, annotator, verdict, seconds, source FROM verdicts "
@@ -77,7 +64,7 @@ def _read_reviews(db_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict
             [tuple(r) for r in conn.execute(
                 "SELECT q.sha256, q.rank, q.top_class, q.hardness_score, s.top_score, "
                 "r.checkpoint_sha256, q.run_id, s.run_id FROM queue q "
-                f"{review.SCORE_OF_QUEUE_ITEM} "
+                f"{SCORE_OF_QUEUE_ITEM} "
                 "WHERE q.sha256 IN (SELECT sha256 FROM verdicts WHERE undone = 0) ORDER BY q.rank"
             )],
             columns=["sha256", "rank", "top_class", "hardness_score", "top_score",
@@ -111,11 +98,11 @@ def _image_location(sha256: str, locations: list[tuple[str, str]]) -> tuple[str,
     )
 
 
-def build_export(db_path: str | Path, policy: str = "majority") -> tuple[pd.DataFrame, dict]:
+def build_export(conn: sqlite3.Connection, policy: str = "majority") -> tuple[pd.DataFrame, dict]:
     """The manifest rows (in queue order) and meta for the reviews in the store, unwritten."""
-    if policy not in LABEL_POLICIES:
-        raise ConfigError(f"unknown label policy {policy!r}; choose one of {LABEL_POLICIES}")
-    verdicts, items, facts = _read_reviews(db_path)
+    require_policy(policy)
+    db_path = store.db_path(conn)
+    verdicts, items, facts = _read_reviews(conn)
     if items.empty:
         raise DataError(f"{db_path}: no verdicts yet, nothing to export (run `hardood annotate`)")
     classes = facts["classes"]
@@ -147,7 +134,7 @@ def build_export(db_path: str | Path, policy: str = "majority") -> tuple[pd.Data
             "path": str(path).removeprefix("./"),
             "sha256": item.sha256,
             "verdict": item_verdict(votes, policy),
-            "top_class": review.class_name(classes, int(item.top_class)),
+            "top_class": store.class_name(classes, int(item.top_class)),
             "top_score": float(item.top_score),
             "votes_no_foreground": votes["no_foreground"],
             "votes_contains_foreground": votes["contains_foreground"],
@@ -180,6 +167,14 @@ def build_export(db_path: str | Path, policy: str = "majority") -> tuple[pd.Data
 
 
 def _refuse_to_clobber(out_dir: Path, force: bool) -> None:
+    for folder in out_dir.parents:  # the nearest existing ancestor must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"--out {out_dir}: {folder} is a file, not a folder, so the export cannot be "
+                    "written under it; choose an --out outside it"
+                )
+            break
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -227,25 +222,27 @@ def write_export(out_dir: str | Path, rows: pd.DataFrame, meta: dict, force: boo
 
 
 def export_manifest(
-    db_path: str | Path, out_dir: str | Path, policy: str = "majority", force: bool = False
+    conn: sqlite3.Connection, out_dir: str | Path, policy: str = "majority", force: bool = False
 ) -> ExportResult:
     """Export the store's reviews to ``out_dir``; records an ``export`` run in the store.
 
     Example
     -------
-    >>> result = export_manifest("curation.db", "data_manifests/voc_hard_ood")  # doctest: +SKIP
-    >>> result.no_foreground                                                    # doctest: +SKIP
+    >>> with store.connect("curation.db") as conn:  # doctest: +SKIP
+    ...     result = export_manifest(conn, "data_manifests/voc_hard_ood")
+    >>> result.no_foreground  # doctest: +SKIP
     2874
     """
     out_dir = Path(out_dir)
     _refuse_to_clobber(out_dir, force)  # fail before any work
+    require_policy(policy)
     config = {"out": str(out_dir), "policy": policy, "force": force}
-    run_id = store.start_run(db_path, "export", config)
+    run_id = store.start_run(conn, "export", config)
     try:
-        rows, meta = build_export(db_path, policy)
+        rows, meta = build_export(conn, policy)
         write_export(out_dir, rows, meta, force=force)
     except BaseException:
-        store.finish_run(db_path, run_id, "failed")
+        store.finish_run(conn, run_id, "failed")
         raise
     result = ExportResult(
         out_dir=out_dir,
@@ -253,7 +250,7 @@ def export_manifest(
         no_foreground=int((rows["verdict"] == TRAINED_VERDICT).sum()),
         verdicts=int(meta["labelling_cost"]["verdicts"]),
     )
-    store.finish_run(db_path, run_id, "done", {"images": result.images,
+    store.finish_run(conn, run_id, "done", {"images": result.images,
                                                "no_foreground": result.no_foreground,
                                                "verdicts": result.verdicts})  # fmt: skip
     return result

@@ -9,6 +9,7 @@ crafted row can only ever serve the exact file content that was mined.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path, PurePosixPath
 
 from curate import store
@@ -36,20 +37,23 @@ def contained_file(root: str | Path, relpath: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def image_locations(db_path: str | Path, sha256: str) -> list[tuple[str, str]]:
+def image_locations(conn: sqlite3.Connection, sha256: str) -> list[tuple[str, str]]:
     """Every registered (root, relpath) of an image, in a stable order."""
-    with store.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT r.path AS root, p.relpath FROM image_paths p JOIN roots r USING (root_id) "
-            "WHERE p.sha256 = ? ORDER BY p.root_id, p.relpath",
-            (sha256,),
-        ).fetchall()
+    rows = conn.execute(
+        "SELECT r.path AS root, p.relpath FROM image_paths p JOIN roots r USING (root_id) "
+        "WHERE p.sha256 = ? ORDER BY p.root_id, p.relpath",
+        (sha256,),
+    ).fetchall()
     return [(row["root"], row["relpath"]) for row in rows]
 
 
-def _not_found(db_path: str | Path, sha256: str, locations: list[tuple[str, str]]) -> Exception:
+def _not_found(
+    conn: sqlite3.Connection, sha256: str, locations: list[tuple[str, str]]
+) -> Exception:
     if not locations:
-        return FileNotFoundError(f"image {sha256[:12]}: no path registered in {db_path}")
+        return FileNotFoundError(
+            f"image {sha256[:12]}: no path registered in {store.db_path(conn)}"
+        )
     root, relpath = locations[0]
     return FileNotFoundError(
         f"image {sha256[:12]}: no registered path is a file inside its root "
@@ -57,19 +61,19 @@ def _not_found(db_path: str | Path, sha256: str, locations: list[tuple[str, str]
     )
 
 
-def resolve_image_file(db_path: str | Path, sha256: str) -> Path:
+def resolve_image_file(conn: sqlite3.Connection, sha256: str) -> Path:
     """The first registered path of an image that is a file inside its root."""
-    locations = image_locations(db_path, sha256)
+    locations = image_locations(conn, sha256)
     for root, relpath in locations:
         found = contained_file(root, relpath)
         if found is not None:
             return found
-    raise _not_found(db_path, sha256, locations)
+    raise _not_found(conn, sha256, locations)
 
 
-def read_image_bytes(db_path: str | Path, sha256: str) -> tuple[bytes, Path]:
+def read_image_bytes(conn: sqlite3.Connection, sha256: str) -> tuple[bytes, Path]:
     """The image's bytes and file: the first registered path whose bytes hash to ``sha256``."""
-    locations = image_locations(db_path, sha256)
+    locations = image_locations(conn, sha256)
     changed = None
     for root, relpath in locations:
         path = contained_file(root, relpath)
@@ -81,4 +85,4 @@ def read_image_bytes(db_path: str | Path, sha256: str) -> tuple[bytes, Path]:
         changed = path
     if changed is not None:
         raise DataError(f"{changed}: file content changed since it was mined (sha256 differs)")
-    raise _not_found(db_path, sha256, locations)
+    raise _not_found(conn, sha256, locations)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from wood_train.errors import ConfigError, DataError, MissingInputError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+POOL_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 LIST_SUFFIXES = (".txt", ".lst")
 PATH_COLUMNS = ("path", "file", "filepath", "image", "ImageID")
 TAG_COLUMNS = ("tags", "labels", "LabelName")
@@ -55,7 +55,7 @@ def _walk_directory(root: Path) -> Iterator[PoolFile]:
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+            if name.startswith(".") or not name.lower().endswith(POOL_IMAGE_SUFFIXES):
                 continue
             relpath = os.path.relpath(os.path.join(folder, name), root)
             yield PoolFile(root, Path(relpath).as_posix())

@@ -82,7 +82,7 @@ def _known_paths(conn: sqlite3.Connection, root_id: int, relpaths: list[str]) ->
 
 
 def _ingest_chunk(
-    db_path: Path,
+    conn: sqlite3.Connection,
     chunk: list[PoolFile],
     run_id: int | None,
     fg_tags: dict[str, str],
@@ -92,7 +92,7 @@ def _ingest_chunk(
 ) -> None:
     # read and hash outside the write transaction, so annotators are never blocked on disk reads
     known: dict[tuple[Path, str], tuple] = {}
-    with store.connect(db_path) as conn:
+    with store.transaction(conn):
         for root in {f.root for f in chunk}:
             row = conn.execute("SELECT root_id FROM roots WHERE path = ?", (str(root),)).fetchone()
             if row is not None:
@@ -118,7 +118,7 @@ def _ingest_chunk(
             continue
         resolved.append((item, sha, n_bytes))
 
-    with store.connect(db_path, immediate=True) as conn:
+    with store.transaction(conn, immediate=True):
         root_ids = {root: store.ensure_root(conn, root) for root in {f.root for f in chunk}}
         for item, sha, n_bytes in resolved:
             _register(conn, item, root_ids[item.root], sha, n_bytes, run_id, fg_tags, report)
@@ -175,7 +175,7 @@ def _register(conn, item, root_id, sha, n_bytes, run_id, fg_tags, report) -> Non
 
 
 def ingest_pool(
-    db_path: str | Path,
+    conn: sqlite3.Connection,
     files: Iterable[PoolFile],
     fg_tags: dict[str, str],
     run_id: int | None = None,
@@ -187,8 +187,8 @@ def ingest_pool(
 
     Parameters
     ----------
-    db_path
-        An opened store (``store.open_store``).
+    conn
+        A connection to an opened store (``store.open_store``, then ``store.connect``).
     files
         ``PoolFile`` items, e.g. ``pool_sources.iter_pool(folder)``; consumed lazily.
     fg_tags
@@ -202,18 +202,18 @@ def ingest_pool(
     Examples
     --------
     >>> from curate.ingest.pool_sources import iter_pool
-    >>> report = ingest_pool("curation.db", iter_pool("pool/"), fg_tags={})  # doctest: +SKIP
+    >>> with store.connect("curation.db") as conn:  # doctest: +SKIP
+    ...     report = ingest_pool(conn, iter_pool("pool/"), fg_tags={})
     >>> report.counts["new_images"]  # doctest: +SKIP
     """
     report = IngestReport()
-    db_path = Path(db_path)
     bar = progress(desc="ingest", unit="file")
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for chunk in _chunks(files, batch_size):
             if tag_table is not None:
                 chunk = [_with_table_tags(item, tag_table) for item in chunk]
             report.counts["listed"] += len(chunk)
-            _ingest_chunk(db_path, chunk, run_id, fg_tags, rehash, pool, report)
+            _ingest_chunk(conn, chunk, run_id, fg_tags, rehash, pool, report)
             bar.update(len(chunk))
     bar.close()
     return report

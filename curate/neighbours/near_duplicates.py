@@ -31,13 +31,15 @@ from curate.neighbours.near_pairs import connected_components, near_pairs
 from wood_train.progress import progress
 
 THUMB_EMBEDDER = "thumb6"
-THUMB_SIDE = 6
-THUMB_DIM = THUMB_SIDE * THUMB_SIDE * 3
+THUMB_DESCRIPTOR_SIDE = 6
+THUMB_DIM = THUMB_DESCRIPTOR_SIDE * THUMB_DESCRIPTOR_SIDE * 3
 ALIGN_SIDE = 64
 COMPARE_SIDE = 16
 CROP_FRACTIONS = (0.97, 0.95, 0.93, 0.91)
-DEFAULT_CANDIDATE_THRESHOLD = 0.90
-DEFAULT_THRESHOLD = 0.98
+# MineConfig's dup_candidate_threshold and dup_threshold repeat these two (its module stays free
+# of numpy and pandas, so `hardood mine --help` answers at once)
+DEFAULT_DUP_CANDIDATE_THRESHOLD = 0.90  # thumbnail cosine for a pair to be checked at all
+DEFAULT_DUP_THRESHOLD = 0.98  # aligned similarity at which two images are near duplicates
 CANDIDATE_K = 16
 
 
@@ -49,7 +51,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def thumbnail_descriptor(image: np.ndarray) -> np.ndarray:
     """(108,) float32: the 6 x 6 RGB box-filtered thumbnail, mean-centred and unit length."""
-    small = Image.fromarray(image).resize((THUMB_SIDE, THUMB_SIDE), Image.BOX)
+    small = Image.fromarray(image).resize((THUMB_DESCRIPTOR_SIDE, THUMB_DESCRIPTOR_SIDE), Image.BOX)
     return _unit(np.asarray(small, np.float32).ravel())
 
 
@@ -101,7 +103,7 @@ def candidate_pairs(
     keys: Sequence[str],
     thumbnails: np.ndarray,
     load_image: Callable[[str], np.ndarray | None],
-    candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+    candidate_threshold: float = DEFAULT_DUP_CANDIDATE_THRESHOLD,
 ) -> pd.DataFrame:
     """Pairs (``i < j`` row indices) whose thumbnails are close, with their ``aligned_similarity``.
 
@@ -120,7 +122,7 @@ def candidate_pairs(
 
 
 def groups_from_pairs(
-    keys: Sequence[str], priority, pairs: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD
+    keys: Sequence[str], priority, pairs: pd.DataFrame, threshold: float = DEFAULT_DUP_THRESHOLD
 ) -> pd.DataFrame:
     """Connected components of the pairs at or above ``threshold``; one row per key.
 
@@ -155,8 +157,8 @@ def group_near_duplicates(
     thumbnails: np.ndarray,
     load_image: Callable[[str], np.ndarray | None],
     priority: Sequence[float] | np.ndarray,
-    threshold: float = DEFAULT_THRESHOLD,
-    candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+    threshold: float = DEFAULT_DUP_THRESHOLD,
+    candidate_threshold: float = DEFAULT_DUP_CANDIDATE_THRESHOLD,
 ) -> pd.DataFrame:
     """Group near-duplicate images (``candidate_pairs`` then ``groups_from_pairs``).
 

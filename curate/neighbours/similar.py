@@ -1,7 +1,8 @@
 """Images like a given one, and more candidates like the confirmed hard OoDs.
 
-``hardood similar --db pool.db --like rails_017.jpg`` lists the pool images whose embeddings are
-nearest to that image's (cosine similarity), with their scores and any verdict. An annotator who
+``hardood similar --db curation.db --like 3f2a9c01b7e4`` lists the pool images whose embeddings
+are nearest to that image's (cosine similarity), with their scores and any verdict. ``--like``
+takes what ``hardood queue`` prints: a sha256 prefix, a full path or a stored file name. An annotator who
 confirmed a hard OoD (verdict ``no_foreground``) usually wants more of the same;
 ``expand_from_verdicts`` finds the nearest images nobody has seen yet.
 """
@@ -12,7 +13,7 @@ import hashlib
 import re
 import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -64,38 +65,80 @@ def _sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_image(conn: sqlite3.Connection, like: str, db_path: str | Path) -> str:
-    """The sha256 of ``like``: an image file (hashed) or a sha256 or unique prefix of one."""
-    path = Path(like)
+def resolve_image(conn: sqlite3.Connection, like: str) -> str:
+    """The sha256 of the image ``like`` names.
+
+    ``like`` is what ``hardood queue`` prints, or any of: an image file on disk (found by its
+    content hash), a path or file name registered in the store (``p_db0b5d43.jpg``), or a sha256
+    or a unique prefix of at least ``MIN_PREFIX`` hex digits.
+    """
+    text = str(like).strip()
+    db = store.db_path(conn)
+    path = Path(text)
     if path.is_file():
         sha = _sha256_of_file(path)
         if not conn.execute("SELECT 1 FROM images WHERE sha256 = ?", (sha,)).fetchone():
             raise DataError(
-                f"{path} (sha256 {sha[:12]}) is not in {db_path}; add it to the pool and run "
+                f"{path} (sha256 {sha[:12]}) is not in {db}; add it to the pool and run "
                 "`hardood mine` first"
             )
         return sha
-    prefix = like.strip().lower()
-    if not (_HEX.match(prefix) and MIN_PREFIX <= len(prefix) <= 64):
-        raise MissingInputError(
-            f"{like}: no such image file, and not a sha256 or a prefix of at least {MIN_PREFIX} "
-            "hex digits"
-        )
-    found = [
-        r[0]
-        for r in conn.execute(
-            "SELECT sha256 FROM images WHERE sha256 >= ? AND sha256 < ? ORDER BY sha256 LIMIT 3",
-            (prefix, prefix + "g"),  # 'g' sorts after every hex digit
-        )
-    ]
-    if not found:
-        raise DataError(f"no image in {db_path} has a sha256 starting with {prefix!r}")
-    if len(found) > 1:
+    prefix = text.lower()
+    if _HEX.match(prefix) and MIN_PREFIX <= len(prefix) <= 64:
+        found = [
+            r[0]
+            for r in conn.execute(
+                "SELECT sha256 FROM images WHERE sha256 >= ? AND sha256 < ? "
+                "ORDER BY sha256 LIMIT 3",
+                (prefix, prefix + "g"),  # 'g' sorts after every hex digit
+            )
+        ]
+        if len(found) > 1:
+            raise ConfigError(
+                f"sha256 prefix {prefix!r} matches several images "
+                f"({', '.join(f[:12] for f in found)}{', ...' if len(found) > 2 else ''}); "
+                "give more digits"
+            )
+        if found:
+            return found[0]
+    named = _stored_matches(conn, text)
+    if len(named) > 1:
+        listed = "; ".join(f"{sha[:12]} {where}" for sha, where in sorted(named.items())[:5])
         raise ConfigError(
-            f"sha256 prefix {prefix!r} matches several images ({', '.join(f[:12] for f in found)}"
-            f"{', ...' if len(found) > 2 else ''}); give more digits"
+            f"{text!r} names {len(named)} different images in {db} ({listed}); "
+            "give the full path or the sha256 prefix that `hardood queue` prints"
         )
-    return found[0]
+    if named:
+        return next(iter(named))
+    raise MissingInputError(
+        f"{text}: no image file there, no stored path or file name in {db} matches it, and it is "
+        f"not a sha256 prefix (at least {MIN_PREFIX} hex digits) of a stored image; "
+        "`hardood queue` prints a sha256 prefix and the path of each queued image"
+    )
+
+
+def _stored_matches(conn: sqlite3.Connection, text: str) -> dict[str, str]:
+    """sha256 -> first registered path, for images registered under ``text``.
+
+    A bare file name (``p_db0b5d43.jpg``) matches any registered path with that name; a path must
+    match a registered path in full (absolute, or relative to the working directory or its root).
+    """
+    posix = PurePosixPath(text.replace("\\", "/"))
+    if not posix.name:
+        return {}
+    bare = len(posix.parts) == 1
+    wanted = {str(posix), str(Path(text).absolute())}
+    found: dict[str, str] = {}
+    for r in conn.execute(
+        "SELECT p.sha256, r.path AS root, p.relpath FROM image_paths p JOIN roots r USING (root_id) "
+        "WHERE p.relpath = :name OR substr(p.relpath, -length(:name) - 1) = '/' || :name "
+        "ORDER BY p.root_id, p.relpath",
+        {"name": posix.name},
+    ):
+        full = str(Path(r["root"]) / r["relpath"])
+        if bare or r["relpath"] in wanted or full in wanted:
+            found.setdefault(r["sha256"], full)
+    return found
 
 
 def _in_chunks(conn: sqlite3.Connection, sql: str, keys: Sequence[str]) -> list[sqlite3.Row]:
@@ -147,24 +190,24 @@ def image_details(conn: sqlite3.Connection, keys: Sequence[str]) -> pd.DataFrame
     )
 
 
-def _load_vectors(conn, db_path, embedder) -> tuple[list[str], np.ndarray, str]:
+def _load_vectors(conn, embedder) -> tuple[list[str], np.ndarray, str]:
     name = resolve_embedder(conn, embedder)
-    keys, vectors = EmbeddingFile.open(db_path, name).load_all(conn)
+    keys, vectors = EmbeddingFile.open(conn, name).load_all()
     return keys, unit_rows(vectors), name
 
 
 def find_similar(
-    db_path: str | Path, like: str | Path, k: int = 50, embedder: str = DEFAULT_EMBEDDER
+    conn: sqlite3.Connection, like: str | Path, k: int = 50, embedder: str = DEFAULT_EMBEDDER
 ) -> pd.DataFrame:
     """The ``k`` stored images most similar to ``like`` (cosine similarity of embeddings).
 
     Parameters
     ----------
-    db_path
-        The curation store.
+    conn
+        A connection to the curation store.
     like
-        An image file (found by content hash, so it must have been mined) or a sha256 or a
-        unique prefix of one.
+        What ``hardood queue`` prints: a sha256 or a unique prefix of one, a path or file name
+        registered in the store, or any image file that was mined (found by content hash).
     k
         How many neighbours (the image itself is left out).
     embedder
@@ -178,13 +221,14 @@ def find_similar(
 
     Examples
     --------
-    >>> find_similar("pool.db", "pool/p_1a2b3c4d.jpg", k=10)
+    >>> with store.connect("curation.db") as conn:  # doctest: +SKIP
+    ...     table = find_similar(conn, "p_db0b5d43.jpg", k=10)
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
-    with store.connect(db_path) as conn:
-        sha = resolve_image(conn, str(like), db_path)
-        keys, vectors, name = _load_vectors(conn, db_path, embedder)
+    with store.transaction(conn):  # one snapshot: vectors and details agree
+        sha = resolve_image(conn, str(like))
+        keys, vectors, name = _load_vectors(conn, embedder)
         position = {key: i for i, key in enumerate(keys)}.get(sha)
         if position is None:
             raise DataError(
@@ -221,7 +265,7 @@ def _open_candidates(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
 
 
 def expand_from_verdicts(
-    db_path: str | Path, k: int = 10, embedder: str = DEFAULT_EMBEDDER
+    conn: sqlite3.Connection, k: int = 10, embedder: str = DEFAULT_EMBEDDER
 ) -> pd.DataFrame:
     """Up to ``k`` nearest open neighbours of each image confirmed as a hard OoD.
 
@@ -238,9 +282,9 @@ def expand_from_verdicts(
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
-    with store.connect(db_path) as conn:
+    with store.transaction(conn):
         seeds, blocked = _open_candidates(conn)
-        keys, vectors, _ = _load_vectors(conn, db_path, embedder)
+        keys, vectors, _ = _load_vectors(conn, embedder)
         position = {key: i for i, key in enumerate(keys)}
         seed_rows = sorted(position[s] for s in seeds if s in position)
         is_open = np.array([key not in blocked for key in keys], dtype=bool)
@@ -276,6 +320,3 @@ def _nearest_open(vectors: np.ndarray, seed_rows: list[int], is_open: np.ndarray
             for row, sim in list(zip(row_list[keep], sim_list[keep]))[:k]:
                 yield seed, int(row), float(sim)
         pending, depth = short, min(n, depth * 4)
-
-
-# ---- command line -----------------------------------------------------------------------------

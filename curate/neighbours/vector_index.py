@@ -1,10 +1,12 @@
 """Embedding vectors on disk and the faiss index that searches them.
 
-Vectors of one embedder live in an append-only float32 file beside the store,
-``<db stem>.embeddings/<embedder>.f32`` (row-major, ``dim`` floats a row), with ``<embedder>.json``
-recording ``dim``. The ``embeddings`` table maps each image's sha256 to its row. Rows are written
-and flushed to the file before the table rows that point at them are inserted, so an interrupted
-run can leave unreferenced rows at the end of the file, never table rows pointing past it.
+A store is its SQLite file plus a folder beside it: vectors of one embedder live in an append-only
+float32 file ``<db stem>.embeddings/<embedder>.f32`` (row-major, ``dim`` floats a row), with
+``<embedder>.json`` recording ``dim``. The ``embeddings`` table maps each image's sha256 to its
+row. Rows are written and flushed to the file before the table rows that point at them are
+inserted, so an interrupted run can leave unreferenced rows at the end of the file, never table
+rows pointing past it. A store copied without its folder has table rows and no vectors:
+``forget_missing_vectors`` drops those rows, so the next ``hardood mine`` re-embeds the images.
 """
 
 from __future__ import annotations
@@ -37,13 +39,23 @@ _EMBEDDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SQL_CHUNK = 500  # stay below SQLite's bound-parameter limit
 
 
+def _missing_folder_hint(folder: Path) -> str:
+    return (
+        f"a store is its .db file plus the folder {folder.name}/ beside it; copy that folder "
+        "next to the .db, or re-run `hardood mine` with the same checkpoint to re-embed the images"
+    )
+
+
 class EmbeddingFile:
     """The append-only vector file of one embedder, indexed through the store's ``embeddings`` table.
 
+    The file borrows the caller's connection: table rows are read and written through it (and
+    commit with the caller's transaction), and the file lives in ``store.embeddings_dir(conn)``.
+
     Parameters
     ----------
-    db_path
-        The curation store; the file lives in ``<db stem>.embeddings/`` beside it.
+    conn
+        A connection to the curation store (``store.connect``).
     embedder
         Name of the embedder (``"classifier"``, ``"clip"``, ...); also the file name.
     dim
@@ -51,12 +63,13 @@ class EmbeddingFile:
 
     Examples
     --------
-    >>> vectors = EmbeddingFile("pool.db", "classifier", dim=2048)
-    >>> with store.connect("pool.db") as conn:
-    ...     vectors.append(sha256s, z, conn)  # table rows commit with the caller's transaction
+    >>> with store.connect("pool.db") as conn:  # doctest: +SKIP
+    ...     vectors = EmbeddingFile(conn, "classifier", dim=2048)
+    ...     with store.transaction(conn):
+    ...         vectors.append(sha256s, z)
     """
 
-    def __init__(self, db_path: str | Path, embedder: str, dim: int):
+    def __init__(self, conn: sqlite3.Connection, embedder: str, dim: int):
         if not _EMBEDDER_NAME.match(embedder):
             raise ConfigError(
                 f"embedder name {embedder!r} must be letters, digits, '_', '-' or '.' "
@@ -64,10 +77,10 @@ class EmbeddingFile:
             )
         if int(dim) < 1:
             raise ValueError(f"embedding dimension must be positive, got {dim}")
-        self.db_path = Path(db_path)
+        self.conn = conn
         self.embedder = embedder
         self.dim = int(dim)
-        folder = store.embeddings_dir(self.db_path)
+        folder = store.embeddings_dir(conn)
         self.path = folder / f"{embedder}.f32"
         self.meta_path = folder / f"{embedder}.json"
         if self.meta_path.is_file():
@@ -79,15 +92,21 @@ class EmbeddingFile:
                 )
 
     @classmethod
-    def open(cls, db_path: str | Path, embedder: str) -> EmbeddingFile:
+    def open(cls, conn: sqlite3.Connection, embedder: str) -> EmbeddingFile:
         """An existing embedder's file, its dimension read from the sidecar."""
-        meta_path = store.embeddings_dir(db_path) / f"{embedder}.json"
+        folder = store.embeddings_dir(conn)
+        meta_path = folder / f"{embedder}.json"
         if not meta_path.is_file():
+            if not folder.is_dir():
+                raise MissingInputError(
+                    f"{store.db_path(conn)}: its embeddings folder {folder} is missing; "
+                    + _missing_folder_hint(folder)
+                )
             raise MissingInputError(
-                f"no {embedder!r} embeddings beside {db_path} ({meta_path} is missing); "
+                f"no {embedder!r} embeddings in {folder} ({meta_path.name} is missing); "
                 "run `hardood mine` first"
             )
-        return cls(db_path, embedder, int(json.loads(meta_path.read_text())["dim"]))
+        return cls(conn, embedder, int(json.loads(meta_path.read_text())["dim"]))
 
     @property
     def row_bytes(self) -> int:
@@ -98,13 +117,12 @@ class EmbeddingFile:
         """Complete rows in the file (a partly written last row does not count)."""
         return self.path.stat().st_size // self.row_bytes if self.path.is_file() else 0
 
-    def append(
-        self, sha256_list: Sequence[str], vectors: np.ndarray, conn: sqlite3.Connection
-    ) -> int:
+    def append(self, sha256_list: Sequence[str], vectors: np.ndarray) -> int:
         """Append the vectors of images not yet in the file; returns how many were new.
 
-        The vectors are flushed to disk first, then their rows are inserted through ``conn``
-        (committed with the caller's transaction). A sha256 already recorded is skipped.
+        The vectors are flushed to disk first, then their rows are inserted through the file's
+        connection (committed with the caller's transaction). A sha256 already recorded is
+        skipped.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         keys = list(sha256_list)
@@ -114,7 +132,7 @@ class EmbeddingFile:
             )
         if len(keys) != len(vectors):
             raise ValueError(f"{self.embedder}: {len(keys)} sha256 keys for {len(vectors)} vectors")
-        known = set(self._rows_of(keys, conn))
+        known = set(self._rows_of(keys))
         fresh: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key not in known and key not in fresh:
@@ -122,7 +140,7 @@ class EmbeddingFile:
         if not fresh:
             return 0
         first_row = self._write_rows(vectors[list(fresh.values())])
-        conn.executemany(
+        self.conn.executemany(
             "INSERT OR IGNORE INTO embeddings(sha256, embedder, row) VALUES (?, ?, ?)",
             [(key, self.embedder, first_row + j) for j, key in enumerate(fresh)],
         )
@@ -149,12 +167,12 @@ class EmbeddingFile:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return size // self.row_bytes
 
-    def _rows_of(self, keys: Sequence[str], conn: sqlite3.Connection) -> dict[str, int]:
+    def _rows_of(self, keys: Sequence[str]) -> dict[str, int]:
         rows: dict[str, int] = {}
         for start in range(0, len(keys), _SQL_CHUNK):
             chunk = list(keys[start : start + _SQL_CHUNK])
             marks = ",".join("?" * len(chunk))
-            for r in conn.execute(
+            for r in self.conn.execute(
                 f"SELECT sha256, row FROM embeddings WHERE embedder = ? AND sha256 IN ({marks})",
                 [self.embedder, *chunk],
             ):
@@ -168,41 +186,43 @@ class EmbeddingFile:
         return np.memmap(self.path, dtype="<f4", mode="r", shape=(n, self.dim))
 
     def _check_rows(self, rows: np.ndarray, n_file: int) -> None:
-        if len(rows) and int(rows.max()) >= n_file:
-            raise DataError(
-                f"{self.path}: the store points at row {int(rows.max())} but the file holds "
-                f"{n_file} rows; the file was replaced or truncated (delete its '{self.embedder}' "
-                "rows from the embeddings table and re-run `hardood mine`)"
+        if not len(rows) or int(rows.max()) < n_file:
+            return
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise MissingInputError(
+                f"{store.db_path(self.conn)}: its embeddings folder {folder} is missing; "
+                + _missing_folder_hint(folder)
             )
+        raise DataError(
+            f"{self.path}: the store points at row {int(rows.max())} but the file holds "
+            f"{n_file} rows; the file was replaced or truncated. Re-run `hardood mine` with the "
+            "same checkpoint to re-embed the images"
+        )
 
-    def load(
-        self, sha256_list: Sequence[str], conn: sqlite3.Connection | None = None
-    ) -> np.ndarray:
+    def load(self, sha256_list: Sequence[str]) -> np.ndarray:
         """The (N, dim) vectors of the given images, in that order (a copy)."""
         keys = list(sha256_list)
-        if conn is None:
-            with store.connect(self.db_path) as own:
-                rows_of = self._rows_of(keys, own)
-        else:
-            rows_of = self._rows_of(keys, conn)
+        rows_of = self._rows_of(keys)
         missing = [k for k in keys if k not in rows_of]
         if missing:
             raise DataError(
-                f"{len(missing)} image(s) have no {self.embedder!r} embedding in {self.db_path} "
-                f"(first: {missing[0]}); run `hardood mine` on them first"
+                f"{len(missing)} image(s) have no {self.embedder!r} embedding in "
+                f"{store.db_path(self.conn)} (first: {missing[0]}); run `hardood mine` on them "
+                "first"
             )
         rows = np.array([rows_of[k] for k in keys], dtype=np.int64)
         data = self._memmap()
         self._check_rows(rows, len(data))
         return np.array(data[rows], dtype=np.float32) if len(rows) else data[:0].copy()
 
-    def load_all(self, conn: sqlite3.Connection) -> tuple[list[str], np.ndarray]:
+    def load_all(self) -> tuple[list[str], np.ndarray]:
         """Every recorded image and its vector, in file order.
 
         The vectors are the memory-mapped file itself when the table covers a prefix of the file
         (the usual case), so a million vectors cost no RAM until they are read.
         """
-        found = conn.execute(
+        found = self.conn.execute(
             "SELECT sha256, row FROM embeddings WHERE embedder = ? ORDER BY row", (self.embedder,)
         ).fetchall()
         keys = [r["sha256"] for r in found]
@@ -212,6 +232,31 @@ class EmbeddingFile:
         if np.array_equal(rows, np.arange(len(rows))):
             return keys, data[: len(rows)]
         return keys, np.array(data[rows], dtype=np.float32)
+
+
+def forget_missing_vectors(conn: sqlite3.Connection) -> dict[str, int]:
+    """Drop ``embeddings`` rows whose vectors are not on disk; returns embedder -> rows dropped.
+
+    A store copied without its ``NAME.embeddings/`` folder (or with a truncated file) keeps table
+    rows that point at nothing. Dropping them makes those images pending again, so the next
+    scoring pass re-embeds them instead of failing on a missing file.
+    """
+    folder = store.embeddings_dir(conn)
+    dropped: dict[str, int] = {}
+    with store.transaction(conn, immediate=True):
+        for (embedder,) in conn.execute("SELECT DISTINCT embedder FROM embeddings").fetchall():
+            meta_path = folder / f"{embedder}.json"
+            n_rows = 0
+            if meta_path.is_file():
+                row_bytes = 4 * int(json.loads(meta_path.read_text())["dim"])
+                vectors = folder / f"{embedder}.f32"
+                n_rows = vectors.stat().st_size // row_bytes if vectors.is_file() else 0
+            gone = conn.execute(
+                "DELETE FROM embeddings WHERE embedder = ? AND row >= ?", (embedder, n_rows)
+            ).rowcount
+            if gone:
+                dropped[embedder] = gone
+    return dropped
 
 
 def gpu_available() -> bool:

@@ -9,6 +9,7 @@ queue`` prints it.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +18,16 @@ import pandas as pd
 
 from curate import store
 from curate.neighbours.near_duplicates import (
-    DEFAULT_CANDIDATE_THRESHOLD,
-    DEFAULT_THRESHOLD,
+    DEFAULT_DUP_CANDIDATE_THRESHOLD,
+    DEFAULT_DUP_THRESHOLD,
     THUMB_DIM,
     THUMB_EMBEDDER,
     group_near_duplicates,
 )
 from curate.queue.ranking import order_candidates, reason_text
 from wood_train.data.imageio import ImageDecodeError, read_image
+
+SHA256_SHOWN = 12  # hex digits of the sha256 a terminal table shows (unique in any real pool)
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,8 @@ class QueueSettings:
 
     queue_size: int = 1000
     min_hardness: float = 0.5
-    dup_threshold: float = DEFAULT_THRESHOLD
-    dup_candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD
+    dup_threshold: float = DEFAULT_DUP_THRESHOLD
+    dup_candidate_threshold: float = DEFAULT_DUP_CANDIDATE_THRESHOLD
     clusters_per_class: int = 20
     hardness_tier: float = 1.0
     max_class_share: float = 0.5
@@ -44,18 +47,17 @@ class QueueSettings:
     seed: int = 0
 
 
-def load_candidates(db_path: str | Path, checkpoint_sha256: str) -> pd.DataFrame:
+def load_candidates(conn: sqlite3.Connection, checkpoint_sha256: str) -> pd.DataFrame:
     """Scored ok images with at least one path: sha256, top_class, top_score, hardness_score, ..."""
-    with store.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT s.sha256, s.top_class, s.top_score, s.hardness_score, s.energy_score, "
-            "s.clip_fg_score "
-            "FROM scores s JOIN images i ON i.sha256 = s.sha256 "
-            "WHERE s.checkpoint_sha256 = ? AND i.status = 'ok' "
-            "AND EXISTS (SELECT 1 FROM image_paths p WHERE p.sha256 = s.sha256) "
-            "ORDER BY s.sha256",
-            (checkpoint_sha256,),
-        ).fetchall()
+    rows = conn.execute(
+        "SELECT s.sha256, s.top_class, s.top_score, s.hardness_score, s.energy_score, "
+        "s.clip_fg_score "
+        "FROM scores s JOIN images i ON i.sha256 = s.sha256 "
+        "WHERE s.checkpoint_sha256 = ? AND i.status = 'ok' "
+        "AND EXISTS (SELECT 1 FROM image_paths p WHERE p.sha256 = s.sha256) "
+        "ORDER BY s.sha256",
+        (checkpoint_sha256,),
+    ).fetchall()
     columns = [
         "sha256",
         "top_class",
@@ -67,14 +69,13 @@ def load_candidates(db_path: str | Path, checkpoint_sha256: str) -> pd.DataFrame
     return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
 
-def first_paths(db_path: str | Path, shas: list[str]) -> dict[str, Path]:
+def first_paths(conn: sqlite3.Connection, shas: list[str]) -> dict[str, Path]:
     """sha256 -> absolute path of the image's first registered path."""
-    with store.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT p.sha256, r.path AS root, p.relpath FROM image_paths p "
-            "JOIN roots r ON r.root_id = p.root_id "
-            "WHERE p.rowid IN (SELECT MIN(rowid) FROM image_paths GROUP BY sha256)"
-        ).fetchall()
+    rows = conn.execute(
+        "SELECT p.sha256, r.path AS root, p.relpath FROM image_paths p "
+        "JOIN roots r ON r.root_id = p.root_id "
+        "WHERE p.rowid IN (SELECT MIN(rowid) FROM image_paths GROUP BY sha256)"
+    ).fetchall()
     wanted = set(shas)
     return {r["sha256"]: Path(r["root"]) / r["relpath"] for r in rows if r["sha256"] in wanted}
 
@@ -88,12 +89,11 @@ def _read_or_none(path: Path | None) -> np.ndarray | None:
         return None
 
 
-def reviewed_images(db_path: str | Path) -> dict[str, str]:
+def reviewed_images(conn: sqlite3.Connection) -> dict[str, str]:
     """sha256 -> latest verdict, over verdicts not undone."""
-    with store.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT sha256, verdict FROM verdicts WHERE undone = 0 ORDER BY created_at, verdict_id"
-        ).fetchall()
+    rows = conn.execute(
+        "SELECT sha256, verdict FROM verdicts WHERE undone = 0 ORDER BY created_at, verdict_id"
+    ).fetchall()
     return {r["sha256"]: r["verdict"] for r in rows}
 
 
@@ -113,7 +113,7 @@ def _float_or_none(value) -> float | None:
 
 
 def build_queue(
-    db_path: str | Path,
+    conn: sqlite3.Connection,
     checkpoint_sha256: str,
     embedder: str,
     embedding_dim: int,
@@ -133,17 +133,19 @@ def build_queue(
     from curate.neighbours.diversity import cluster_within_classes
     from curate.neighbours.vector_index import EmbeddingFile
 
-    with store.connect(db_path) as conn:
+    with store.transaction(conn):  # one snapshot of the scores, vectors and paths
         class_names = store.get_classes(conn) or []
-    candidates = load_candidates(db_path, checkpoint_sha256)
-    vectors = np.zeros((0, embedding_dim), np.float32)
-    if len(candidates):
+        candidates = load_candidates(conn, checkpoint_sha256)
         shas = list(candidates["sha256"])
-        vectors = EmbeddingFile(db_path, embedder, embedding_dim).load(shas)
-        paths = first_paths(db_path, shas)
+        vectors = np.zeros((0, embedding_dim), np.float32)
+        if shas:
+            vectors = EmbeddingFile(conn, embedder, embedding_dim).load(shas)
+            thumbnails = EmbeddingFile(conn, THUMB_EMBEDDER, THUMB_DIM).load(shas)
+            paths = first_paths(conn, shas)
+    if shas:
         groups = group_near_duplicates(
             shas,
-            EmbeddingFile(db_path, THUMB_EMBEDDER, THUMB_DIM).load(shas),
+            thumbnails,
             lambda sha: _read_or_none(paths.get(sha)),
             candidates["hardness_score"].to_numpy(),
             settings.dup_threshold,
@@ -153,7 +155,7 @@ def build_queue(
         groups = pd.DataFrame(columns=["sha256", "representative", "group_size", "dup_score"])
     candidates = _attach_groups(candidates, groups)
 
-    reviewed = reviewed_images(db_path)
+    reviewed = reviewed_images(conn)
     reviewed_groups = set(candidates.loc[candidates["sha256"].isin(reviewed), "representative"])
     open_reps = candidates[
         (candidates["sha256"] == candidates["representative"])
@@ -161,7 +163,7 @@ def build_queue(
     ]
     expanded = pd.DataFrame()
     if settings.expand_from_verdicts:
-        expanded = _expansion(db_path, embedder, settings.expand_k, open_reps)
+        expanded = _expansion(conn, embedder, settings.expand_k, open_reps)
         expanded = expanded.head(settings.queue_size)
     eligible = open_reps[open_reps["hardness_score"] >= settings.min_hardness]
     eligible = eligible[~eligible["sha256"].isin(expanded.get("sha256", []))]
@@ -187,7 +189,7 @@ def build_queue(
     )
     queue = _with_reasons(pd.concat([expanded, ranked], ignore_index=True), class_names)
     queue["rank"] = np.arange(1, len(queue) + 1)
-    with store.connect(db_path, immediate=True) as conn:
+    with store.transaction(conn, immediate=True):
         _write_dup_groups(conn, groups)
         conn.execute("DELETE FROM queue")
         conn.executemany(
@@ -226,7 +228,7 @@ def _with_reasons(queue: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
                             ("expanded_from", None)):  # fmt: skip
         if column not in queue:
             queue[column] = default
-    queue["class_name"] = [_class_name(class_names, c) for c in queue["top_class"]]
+    queue["class_name"] = [store.class_name(class_names, c) for c in queue["top_class"]]
     reasons = []
     for r in queue.itertuples(index=False):
         if isinstance(r.expanded_from, str):
@@ -244,11 +246,7 @@ def _int(value) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
 
-def _class_name(class_names: list[str], index: int) -> str:
-    return class_names[index] if 0 <= index < len(class_names) else f"class {index}"
-
-
-def _expansion(db_path, embedder: str, k: int, open_reps: pd.DataFrame) -> pd.DataFrame:
+def _expansion(conn, embedder: str, k: int, open_reps: pd.DataFrame) -> pd.DataFrame:
     """Open representatives among the nearest unseen neighbours of confirmed hard OoDs.
 
     ``curate.neighbours.similar.expand_from_verdicts`` runs before the queue is replaced, so "unseen" means
@@ -256,7 +254,7 @@ def _expansion(db_path, embedder: str, k: int, open_reps: pd.DataFrame) -> pd.Da
     """
     from curate.neighbours.similar import expand_from_verdicts
 
-    found = expand_from_verdicts(db_path, k=k, embedder=embedder)
+    found = expand_from_verdicts(conn, k=k, embedder=embedder)
     if found.empty:
         return pd.DataFrame()
     found = found[["sha256", "similarity", "seed_sha256"]].rename(
@@ -269,14 +267,14 @@ def _expansion(db_path, embedder: str, k: int, open_reps: pd.DataFrame) -> pd.Da
 # ---- reading the queue back -------------------------------------------------------------------
 
 
-def queue_frame(db_path: str | Path, top: int | None = None) -> pd.DataFrame:
+def queue_frame(conn: sqlite3.Connection, top: int | None = None) -> pd.DataFrame:
     """The queue in rank order, one row per image, ready to sort or export.
 
     Columns: rank, sha256, path (absolute, first registered path), top_class (name), top_score,
     hardness_score, reason, group_size, class_2, score_2, class_3, score_3, cluster,
     clip_fg_score, energy_score, dup_score, width, height.
     """
-    with store.connect(db_path) as conn:
+    with store.transaction(conn):
         class_names = store.get_classes(conn) or []
         rows = conn.execute(
             "SELECT q.rank, q.sha256, r.path AS root, p.relpath, q.top_class, s.top_score, "
@@ -301,7 +299,7 @@ def queue_frame(db_path: str | Path, top: int | None = None) -> pd.DataFrame:
             "rank": r["rank"],
             "sha256": r["sha256"],
             "path": str(Path(r["root"]) / r["relpath"]) if r["root"] else None,
-            "top_class": _class_name(class_names, r["top_class"]),
+            "top_class": store.class_name(class_names, r["top_class"]),
             "top_score": r["top_score"],
             "hardness_score": r["hardness_score"],
             "reason": r["reason"],
@@ -310,7 +308,7 @@ def queue_frame(db_path: str | Path, top: int | None = None) -> pd.DataFrame:
         for place in (2, 3):
             has = len(order) >= place
             record[f"class_{place}"] = (
-                _class_name(class_names, int(order[place - 1])) if has else None
+                store.class_name(class_names, int(order[place - 1])) if has else None
             )
             record[f"score_{place}"] = float(probs[order[place - 1]]) if has else None
         for key in ("cluster", "clip_fg_score", "energy_score", "dup_score", "width", "height"):
@@ -325,16 +323,20 @@ def queue_frame(db_path: str | Path, top: int | None = None) -> pd.DataFrame:
 # ---- `hardood queue` --------------------------------------------------------------------------
 
 
-def format_table(frame: pd.DataFrame) -> str:
-    """A terminal table: rank, hardness, class, group, reason, file name."""
+def format_queue_table(frame: pd.DataFrame) -> str:
+    """A terminal table: rank, hardness, class, group size, reason, sha256 prefix and full path.
+
+    The sha256 prefix and the path both paste into ``hardood similar --like``.
+    """
     table = pd.DataFrame(
         {
             "rank": frame["rank"],
             "hardness": frame["hardness_score"].map("{:.3f}".format),
             "class": frame["top_class"],
-            "group": frame["group_size"],
+            "group_size": frame["group_size"],
             "reason": frame["reason"],
-            "file": [Path(p).name if p else "?" for p in frame["path"]],
+            "sha256": frame["sha256"].str[:SHA256_SHOWN],
+            "path": [p if p else "?" for p in frame["path"]],
         }
     )
-    return table.to_string(index=False)
+    return table.to_string(index=False, justify="left")

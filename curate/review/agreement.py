@@ -1,5 +1,8 @@
 """Inter-annotator agreement: Cohen's kappa for two annotators, Fleiss' kappa for more.
 
+``agreement_summary(conn)`` applies them to the store's live verdicts; ``cohen_kappa`` and
+``fleiss_kappa`` are plain functions over labels and counts.
+
 Both are chance-corrected agreement, kappa = (P_o - P_e) / (1 - P_e): 1 is perfect agreement, 0 is
 what independent annotators with the same label frequencies would reach by chance. When every
 rating falls in one category, P_e = 1 and kappa is undefined (NaN).
@@ -8,9 +11,16 @@ rating falls in one category, P_e = 1 and kappa is undefined (NaN).
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from curate import store
+from curate.review.verdicts import live_verdicts
+from wood_train.manifest.contract import VERDICTS
 
 
 def cohen_kappa(first: Sequence[str], second: Sequence[str]) -> float:
@@ -65,3 +75,42 @@ def fleiss_kappa(counts: np.ndarray) -> float:
     if math.isclose(expected, 1.0):
         return math.nan
     return (observed - expected) / (1.0 - expected)
+
+
+def agreement_summary(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Agreement on items judged by two or more annotators.
+
+    Returns ``method`` ("cohen" for exactly two annotators, "fleiss" for more, None without
+    overlap), ``kappa`` (None when undefined), ``items`` (overlapping items), ``annotators``
+    and ``all_agree`` (share of overlapping items where every verdict is the same).
+    """
+    with store.transaction(conn):
+        verdicts = live_verdicts(conn)
+    # an annotator's latest live verdict per item (the API keeps one; be safe with imports)
+    latest = verdicts.drop_duplicates(["sha256", "annotator"], keep="last")
+    per_item = latest.groupby("sha256")["annotator"].transform("size")
+    overlap = latest[per_item >= 2]
+    names = sorted(overlap["annotator"].unique())
+    result: dict[str, Any] = {
+        "method": None,
+        "kappa": None,
+        "items": int(overlap["sha256"].nunique()),
+        "annotators": names,
+        "all_agree": None,
+    }
+    if overlap.empty:
+        return result
+    by_item = overlap.groupby("sha256")["verdict"]
+    result["all_agree"] = float((by_item.nunique() == 1).mean())
+    if len(names) == 2:
+        table = overlap.pivot(index="sha256", columns="annotator", values="verdict")
+        kappa = cohen_kappa(list(table[names[0]]), list(table[names[1]]))
+        result["method"] = "cohen"
+    else:
+        counts = pd.crosstab(overlap["sha256"], overlap["verdict"]).reindex(
+            columns=list(VERDICTS), fill_value=0
+        )
+        kappa = fleiss_kappa(counts.to_numpy())
+        result["method"] = "fleiss"
+    result["kappa"] = None if math.isnan(kappa) else float(kappa)
+    return result

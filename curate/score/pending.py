@@ -11,6 +11,7 @@ ingest; the image stays pending).
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,14 @@ def pending_page(
     return [(r["sha256"], str(Path(r["root"]) / r["relpath"])) for r in rows]
 
 
-def count_pending(db_path: Path, checkpoint_sha256: str, embedders: tuple[str, ...]) -> int:
+def count_pending(
+    conn: sqlite3.Connection, checkpoint_sha256: str, embedders: tuple[str, ...]
+) -> int:
+    """How many ok images lack a score for the checkpoint or an embedding of an embedder."""
     total, after = 0, ""
-    with store.connect(db_path) as conn:
-        while page := pending_page(conn, checkpoint_sha256, embedders, after, 50_000):
-            total += len(page)
-            after = page[-1][0]
+    while page := pending_page(conn, checkpoint_sha256, embedders, after, 50_000):
+        total += len(page)
+        after = page[-1][0]
     return total
 
 
@@ -92,7 +95,11 @@ def load_for_scoring(sha256: str, path: str, image_size: int, clip: bool) -> dic
 
 
 class PendingImages(IterableDataset):
-    """Streams the images still to score; each worker takes the hashes of its own shard."""
+    """Streams the images still to score; each worker takes the hashes of its own shard.
+
+    It runs in DataLoader worker processes, so it takes the store's path and opens its own
+    connection for each page (a connection cannot cross a process boundary).
+    """
 
     def __init__(self, db_path, checkpoint_sha256, embedders, image_size, clip=False):
         self.db_path = Path(db_path)

@@ -25,9 +25,9 @@ Hardness (``hardness`` setting):
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,7 +161,7 @@ class Scorer:
 
 
 def score_pool(
-    db_path: str | Path,
+    conn: sqlite3.Connection,
     scorer: Scorer,
     run_id: int,
     hardness: str = "probability",
@@ -179,23 +179,24 @@ def score_pool(
     --------
     >>> model, meta = load_cam_net("baseline.pt")  # doctest: +SKIP
     >>> scorer = Scorer(model, meta["weights_sha256"], meta["class_names"], 64, torch.device("cpu"))
-    >>> score_pool("curation.db", scorer, run_id=1).counts["scored"]  # doctest: +SKIP
+    >>> with store.connect("curation.db") as conn:  # doctest: +SKIP
+    ...     score_pool(conn, scorer, run_id=1).counts["scored"]
     """
     from curate.neighbours.vector_index import EmbeddingFile
 
-    db_path = Path(db_path)
     hardness_from(np.zeros(1), np.zeros(1), hardness, 1)  # reject an unknown mode before work
     report = ScoreReport()
-    total = count_pending(db_path, scorer.checkpoint_sha256, scorer.embedders)
+    total = count_pending(conn, scorer.checkpoint_sha256, scorer.embedders)
     if total == 0:
         return report
     files = {
         scorer.classifier_embedder: EmbeddingFile(
-            db_path, scorer.classifier_embedder, scorer.model.feature_dim
+            conn, scorer.classifier_embedder, scorer.model.feature_dim
         ),
-        THUMB_EMBEDDER: EmbeddingFile(db_path, THUMB_EMBEDDER, THUMB_DIM),
+        THUMB_EMBEDDER: EmbeddingFile(conn, THUMB_EMBEDDER, THUMB_DIM),
     }
-    dataset = PendingImages(db_path, scorer.checkpoint_sha256, scorer.embedders,
+    # the workers read pending pages through their own connections (one per process)
+    dataset = PendingImages(store.db_path(conn), scorer.checkpoint_sha256, scorer.embedders,
                             scorer.image_size, clip=scorer.clip is not None)  # fmt: skip
     loader = DataLoader(
         dataset,
@@ -222,9 +223,9 @@ def score_pool(
                 )
                 if scorer.clip_embedder not in files:
                     files[scorer.clip_embedder] = EmbeddingFile(
-                        db_path, scorer.clip_embedder, vectors.shape[1]
+                        conn, scorer.clip_embedder, vectors.shape[1]
                     )
-        _write_batch(db_path, scorer, run_id, batch, result, heatmap_size, files)
+        _write_batch(conn, scorer, run_id, batch, result, heatmap_size, files)
         _count(report, batch)
         bar.update(batch["n"])
     bar.close()
@@ -243,8 +244,8 @@ def _count(report: ScoreReport, batch: dict) -> None:
             report.problems.append(f"{detail} ({reason.replace('_', ' ')})")
 
 
-def _write_batch(db_path, scorer: Scorer, run_id, batch, result, heatmap_size, files) -> None:
-    with store.connect(db_path, immediate=True) as conn:
+def _write_batch(conn, scorer: Scorer, run_id, batch, result, heatmap_size, files) -> None:
+    with store.transaction(conn, immediate=True):
         conn.executemany(
             "UPDATE images SET status = 'bad', bad_reason = ? WHERE sha256 = ?",
             [(reason, sha) for sha, reason, _ in batch["bad"]],
@@ -284,15 +285,15 @@ def _write_batch(db_path, scorer: Scorer, run_id, batch, result, heatmap_size, f
         if "clip_embedding" in result:
             vectors[scorer.clip_embedder] = result["clip_embedding"]
         for name, matrix in vectors.items():
-            files[name].append(shas, matrix, conn)  # skips images it already holds
+            files[name].append(shas, matrix)  # skips images it already holds
 
 
 def rescore_hardness(
-    db_path: str | Path, checkpoint_sha256: str, mode: str, num_classes: int
+    conn: sqlite3.Connection, checkpoint_sha256: str, mode: str, num_classes: int
 ) -> int:
     """Recompute ``hardness_score`` of stored scores for another mode (no forward needed)."""
     hardness_from(np.zeros(1), np.zeros(1), mode, num_classes)
-    with store.connect(db_path, immediate=True) as conn:
+    with store.transaction(conn, immediate=True):
         rows = conn.execute(
             "SELECT sha256, top_score, energy_score, hardness_score FROM scores "
             "WHERE checkpoint_sha256 = ?",

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+from curate import store
 from curate.export.build import OOD_LIST_NAME
-from curate.review import verdicts as review
+from curate.review import verdicts
 from tests.app.browser_helpers import (
     CHROMIUM,
     choose_view,
@@ -105,7 +106,8 @@ def test_keyboard_labelling_undo_and_export_round_trip(browser, tmp_path):
         page.close()
 
     assert len(planned) == 20 + 24
-    live = review.live_verdicts(world.db)
+    with store.connect(world.db) as conn:
+        live = verdicts.live_verdicts(conn)
     assert dict(zip(live["sha256"], live["verdict"])) == planned
     assert set(live["annotator"]) == {"nancy cubz"} and live["seconds"].notna().all()
     loaded = validate_manifest(exports / "browser_run", check_files=True, check_hashes=True)
@@ -140,5 +142,6 @@ def test_two_annotators_at_once_never_see_the_same_image(browser, tmp_path):
         for page in pages.values():
             page.context.close()
     assert not set(seen["ana"]) & set(seen["bo"])
-    live = review.live_verdicts(world.db)
+    with store.connect(world.db) as conn:
+        live = verdicts.live_verdicts(conn)
     assert len(live) == 12 and live["sha256"].is_unique

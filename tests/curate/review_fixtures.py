@@ -86,9 +86,10 @@ def build_review_store(
     root = folder / "pool"
     root.mkdir(parents=True, exist_ok=True)
     db = store.open_store(folder / "curation.db")
-    run_id = store.start_run(
-        db, "queue", {"top": n_items, "seed": 0}, checkpoint_sha256=CHECKPOINT, tool_version="test"
-    )
+    with store.connect(db) as conn:
+        run_id = store.start_run(
+            conn, "queue", {"top": n_items, "seed": 0}, CHECKPOINT, tool_version="test"
+        )
     cue_classes = list(CUES)
     shas, relpaths, tops = [], [], []
     images, paths, scores, queue = [], [], [], []
@@ -125,7 +126,7 @@ def build_review_store(
         shas.append(sha)
         relpaths.append(relpath)
         tops.append(cls)
-    with store.connect(db) as conn:
+    with store.connect(db) as conn, store.transaction(conn):
         store.ensure_classes(conn, CLASSES)
         root_id = store.ensure_root(conn, root)
         conn.executemany(
@@ -147,5 +148,5 @@ def build_review_store(
             "VALUES (?, ?, ?, ?, ?, ?)",
             queue,
         )
-    store.finish_run(db, run_id, "done", {"queued": n_items})
+        store.finish_run(conn, run_id, "done", {"queued": n_items})
     return ReviewStore(db, root.resolve(), shas, relpaths, tops, run_id)

@@ -9,8 +9,9 @@ import pytest
 
 from app.cli import main, parse_args
 from curate import store
-from curate.export.build import OOD_LIST_NAME, build_export, export_manifest, item_verdict
-from curate.review import verdicts as review
+from curate.export.build import OOD_LIST_NAME, build_export, export_manifest
+from curate.export.policies import item_verdict
+from curate.review import annotators, verdicts
 from tests.curate.review_fixtures import CHECKPOINT, CLASSES, build_review_store
 from wood_train.errors import OutputExistsError
 from wood_train.manifest.validate import validate_manifest
@@ -34,21 +35,28 @@ EXPECTED = {
 @pytest.fixture
 def reviewed(tmp_path):
     world = build_review_store(tmp_path / "w", 8)
-    for name in ("ana", "bo", "cy"):
-        review.sign_in(world.db, name)
-    for i, votes in VOTES.items():
-        for name, verdict, seconds in votes:
-            review.record_verdict(world.db, name, world.shas[i], verdict, seconds)
-    # item 6 was judged, then undone: not exported; item 7 was never judged
-    review.record_verdict(world.db, "ana", world.shas[6], "no_foreground", 9.0)
-    assert review.undo_last(world.db, "ana") == world.shas[6]
+    with store.connect(world.db) as conn:
+        for name in ("ana", "bo", "cy"):
+            annotators.sign_in(conn, name)
+        for i, votes in VOTES.items():
+            for name, verdict, seconds in votes:
+                verdicts.record_verdict(conn, name, world.shas[i], verdict, seconds)
+        # item 6 was judged, then undone: not exported; item 7 was never judged
+        verdicts.record_verdict(conn, "ana", world.shas[6], "no_foreground", 9.0)
+        assert verdicts.undo_last(conn, "ana") == world.shas[6]
     return world
 
 
+@pytest.fixture
+def conn(reviewed):
+    with store.connect(reviewed.db) as connection:
+        yield connection
+
+
 @pytest.mark.parametrize("policy", ["majority", "unanimous", "any"])
-def test_export_round_trips_through_the_validator(reviewed, tmp_path, policy):
+def test_export_round_trips_through_the_validator(reviewed, conn, tmp_path, policy):
     out = tmp_path / "data_manifests" / f"hard_{policy}"
-    result = export_manifest(reviewed.db, out, policy=policy)
+    result = export_manifest(conn, out, policy=policy)
     assert (result.images, result.verdicts) == (6, 12)
     loaded = validate_manifest(out, expected_classes=CLASSES, check_files=True, check_hashes=True)
     by_sha = loaded.rows.set_index("sha256")
@@ -74,42 +82,42 @@ def test_export_round_trips_through_the_validator(reviewed, tmp_path, policy):
     assert cost["verdicts_by_source"] == {"app": 12}
 
 
-def test_export_refuses_to_overwrite_without_force(reviewed, tmp_path):
+def test_export_refuses_to_overwrite_without_force(reviewed, conn, tmp_path):
     out = tmp_path / "exports" / "m"
-    export_manifest(reviewed.db, out)
+    export_manifest(conn, out)
     before = (out / "manifest.csv").read_text()
     with pytest.raises(FileExistsError, match="--force"):
-        export_manifest(reviewed.db, out)
-    review.record_verdict(reviewed.db, "bo", reviewed.shas[7], "no_foreground", 1.0)
-    export_manifest(reviewed.db, out, force=True)
+        export_manifest(conn, out)
+    verdicts.record_verdict(conn, "bo", reviewed.shas[7], "no_foreground", 1.0)
+    export_manifest(conn, out, force=True)
     assert (out / "manifest.csv").read_text() != before
     assert len(validate_manifest(out).rows) == 7
     assert sorted(p.name for p in out.parent.iterdir()) == ["m"]  # no temporary folders left
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not an export"):
-        export_manifest(reviewed.db, out, force=True)
+        export_manifest(conn, out, force=True)
 
 
-def test_export_rebuild_is_byte_identical(reviewed, tmp_path):
-    export_manifest(reviewed.db, tmp_path / "a")
-    export_manifest(reviewed.db, tmp_path / "b")
+def test_export_rebuild_is_byte_identical(reviewed, conn, tmp_path):
+    export_manifest(conn, tmp_path / "a")
+    export_manifest(conn, tmp_path / "b")
     for name in ("manifest.csv", OOD_LIST_NAME):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def test_images_from_two_roots_resolve_under_their_common_folder(reviewed, tmp_path):
+def test_images_from_two_roots_resolve_under_their_common_folder(reviewed, conn, tmp_path):
     second = tmp_path / "w" / "more" / "batch2"
     second.mkdir(parents=True)
     moved = reviewed.root / reviewed.relpaths[0]
     shutil.copy(moved, second / "a.png")
-    with store.connect(reviewed.db) as conn:
+    with store.transaction(conn):
         root_id = store.ensure_root(conn, second)
         conn.execute("DELETE FROM image_paths WHERE sha256 = ?", (reviewed.shas[0],))
         conn.execute(
             "INSERT INTO image_paths(root_id, relpath, sha256) VALUES (?, 'a.png', ?)",
             (root_id, reviewed.shas[0]),
         )
-    loaded = validate_manifest(export_manifest(reviewed.db, tmp_path / "m").out_dir)
+    loaded = validate_manifest(export_manifest(conn, tmp_path / "m").out_dir)
     assert loaded.image_root == (tmp_path / "w").resolve()
     paths = dict(zip(loaded.rows["sha256"], loaded.rows["path"]))
     assert paths[reviewed.shas[0]] == "more/batch2/a.png"
@@ -118,15 +126,16 @@ def test_images_from_two_roots_resolve_under_their_common_folder(reviewed, tmp_p
 
 def test_export_errors_are_clear(tmp_path):
     world = build_review_store(tmp_path / "w", 3)
-    with pytest.raises(ValueError, match="no verdicts yet"):
-        build_export(world.db)
-    with pytest.raises(ValueError, match="unknown label policy"):
-        build_export(world.db, policy="most")
-    review.sign_in(world.db, "ana")
-    review.record_verdict(world.db, "ana", world.shas[0], "no_foreground", 1.0)
-    (world.root / world.relpaths[0]).unlink()
-    with pytest.raises(FileNotFoundError, match="pool moved"):
-        build_export(world.db)
+    with store.connect(world.db) as conn:
+        with pytest.raises(ValueError, match="no verdicts yet"):
+            build_export(conn)
+        with pytest.raises(ValueError, match="unknown label policy"):
+            build_export(conn, policy="most")
+        annotators.sign_in(conn, "ana")
+        verdicts.record_verdict(conn, "ana", world.shas[0], "no_foreground", 1.0)
+        (world.root / world.relpaths[0]).unlink()
+        with pytest.raises(FileNotFoundError, match="pool moved"):
+            build_export(conn)
 
 
 def test_item_verdict_bad_image_needs_the_most_votes():
@@ -142,7 +151,7 @@ def _export_cli(argv):
     return args.func(args)
 
 
-def test_cli_export_and_its_errors(reviewed, tmp_path, capsys):
+def test_cli_export_and_its_errors(reviewed, conn, tmp_path, capsys):
     out = tmp_path / "cli"
     assert _export_cli(["--db", str(reviewed.db), "--out", str(out), "--policy", "any"]) == 0
     printed = capsys.readouterr().out
@@ -157,9 +166,21 @@ def test_cli_export_and_its_errors(reviewed, tmp_path, capsys):
     ]
     with pytest.raises(SystemExit):
         _export_cli(["--db", str(reviewed.db), "--out", str(out), "--policy", "most"])
-    with store.connect(reviewed.db) as conn:
-        runs = conn.execute(
-            "SELECT status, counts_json FROM runs WHERE command = 'export'"
-        ).fetchall()
+    runs = conn.execute("SELECT status, counts_json FROM runs WHERE command = 'export'").fetchall()
     assert [r["status"] for r in runs] == ["done"]
     assert json.loads(runs[0]["counts_json"])["no_foreground"] == 1
+
+
+def test_cli_export_under_a_file_names_the_flag_and_writes_nothing(
+    reviewed, conn, tmp_path, capsys
+):
+    afile = tmp_path / "afile"
+    afile.write_text("notes")
+    out = afile / "sub"
+    assert main(["export", "--db", str(reviewed.db), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"hardood export: error: --out {out}: {afile} is a file, not a folder, so the export "
+        "cannot be written under it; choose an --out outside it"
+    ]
+    assert afile.read_text() == "notes"
+    assert conn.execute("SELECT COUNT(*) FROM runs WHERE command = 'export'").fetchone()[0] == 0

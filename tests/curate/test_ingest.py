@@ -23,14 +23,14 @@ from wood_train.errors import DataError
 VOC_FG = foreground_tags(["boat", "person", "sofa", "train"], load_tag_map())
 
 
-def _rows(db, sql, *params):
-    with store.connect(db) as conn:
-        return [dict(r) for r in conn.execute(sql, params)]
+def _rows(conn, sql, *params):
+    return [dict(r) for r in conn.execute(sql, params)]
 
 
 @pytest.fixture
-def db(tmp_path):
-    return store.open_store(tmp_path / "c.db")
+def conn(tmp_path):
+    with store.connect(store.open_store(tmp_path / "c.db")) as connection:
+        yield connection
 
 
 def test_directory_pool_is_recursive_sorted_and_skips_hidden_and_non_images(tmp_path):
@@ -90,47 +90,47 @@ def test_shipped_tag_map_covers_the_voc_classes():
     assert VOC_FG["couch"] == "sofa" and VOC_FG["train"] == "train"
 
 
-def test_exact_duplicates_are_stored_once_with_every_path(tmp_path, db):
+def test_exact_duplicates_are_stored_once_with_every_path(tmp_path, conn):
     pool = tmp_path / "pool"
     pool.mkdir()
     data = jpeg_bytes(noise_image(1))
     (pool / "a.jpg").write_bytes(data)
     (pool / "copy_of_a.jpg").write_bytes(data)
     (pool / "b.jpg").write_bytes(jpeg_bytes(noise_image(2)))
-    report = ingest_pool(db, iter_pool(pool), fg_tags={}, batch_size=2)
+    report = ingest_pool(conn, iter_pool(pool), fg_tags={}, batch_size=2)
     assert report.counts["listed"] == 3
     assert report.counts["new_images"] == 2 and report.counts["duplicate_paths"] == 1
     sha = hashlib.sha256(data).hexdigest()
-    paths = _rows(db, "SELECT relpath FROM image_paths WHERE sha256 = ? ORDER BY relpath", sha)
+    paths = _rows(conn, "SELECT relpath FROM image_paths WHERE sha256 = ? ORDER BY relpath", sha)
     assert [p["relpath"] for p in paths] == ["a.jpg", "copy_of_a.jpg"]
-    images = _rows(db, "SELECT sha256, n_bytes, status FROM images WHERE sha256 = ?", sha)
+    images = _rows(conn, "SELECT sha256, n_bytes, status FROM images WHERE sha256 = ?", sha)
     assert images == [{"sha256": sha, "n_bytes": len(data), "status": "ok"}]
-    roots = _rows(db, "SELECT path FROM roots")
+    roots = _rows(conn, "SELECT path FROM roots")
     assert roots == [{"path": str(pool.resolve())}]
 
 
-def test_rerun_does_not_rehash_unchanged_files_and_picks_up_edits(tmp_path, db, monkeypatch):
+def test_rerun_does_not_rehash_unchanged_files_and_picks_up_edits(tmp_path, conn, monkeypatch):
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "a.jpg").write_bytes(jpeg_bytes(noise_image(1)))
     (pool / "b.jpg").write_bytes(jpeg_bytes(noise_image(2)))
-    ingest_pool(db, iter_pool(pool), fg_tags={})
+    ingest_pool(conn, iter_pool(pool), fg_tags={})
     (pool / "b.jpg").write_bytes(jpeg_bytes(noise_image(3), quality=60))  # a new size
     hashed = []
     import curate.ingest.register as ingest_module
 
     real = ingest_module._hash_file
     monkeypatch.setattr(ingest_module, "_hash_file", lambda p: hashed.append(p.name) or real(p))
-    report = ingest_pool(db, iter_pool(pool), fg_tags={})
+    report = ingest_pool(conn, iter_pool(pool), fg_tags={})
     assert hashed == ["b.jpg"]
     assert report.counts["unchanged"] == 1 and report.counts["new_images"] == 1
     new_sha = hashlib.sha256((pool / "b.jpg").read_bytes()).hexdigest()
-    row = _rows(db, "SELECT sha256 FROM image_paths WHERE relpath = 'b.jpg'")
+    row = _rows(conn, "SELECT sha256 FROM image_paths WHERE relpath = 'b.jpg'")
     assert row == [{"sha256": new_sha}]
-    assert len(_rows(db, "SELECT * FROM image_paths")) == 2
+    assert len(_rows(conn, "SELECT * FROM image_paths")) == 2
 
 
-def test_tags_naming_a_foreground_class_exclude_the_image(tmp_path, db):
+def test_tags_naming_a_foreground_class_exclude_the_image(tmp_path, conn):
     pool = tmp_path / "pool"
     for i, name in enumerate(("rails.jpg", "couch.jpg", "man.jpg", "sea.jpg")):
         (pool / name).parent.mkdir(exist_ok=True)
@@ -143,10 +143,10 @@ def test_tags_naming_a_foreground_class_exclude_the_image(tmp_path, db):
         "pool/man.jpg,MAN\n"
         "pool/sea.jpg,Sea\n"
     )
-    report = ingest_pool(db, iter_pool(sheet), VOC_FG)
+    report = ingest_pool(conn, iter_pool(sheet), VOC_FG)
     assert report.counts["tag_excluded"] == 2
     rows = _rows(
-        db,
+        conn,
         "SELECT p.relpath, p.tags, i.status, i.bad_reason FROM image_paths p "
         "JOIN images i USING (sha256) ORDER BY p.relpath",
     )
@@ -159,36 +159,36 @@ def test_tags_naming_a_foreground_class_exclude_the_image(tmp_path, db):
     assert rows[2]["tags"] == "Rail transport;Gravel"
 
 
-def test_separate_tags_csv_excludes_content_already_ingested_untagged(tmp_path, db):
+def test_separate_tags_csv_excludes_content_already_ingested_untagged(tmp_path, conn):
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "0001a.jpg").write_bytes(jpeg_bytes(noise_image(1)))
     (pool / "0002b.jpg").write_bytes(jpeg_bytes(noise_image(2)))
-    ingest_pool(db, iter_pool(pool), VOC_FG)
-    assert {r["status"] for r in _rows(db, "SELECT status FROM images")} == {"ok"}
+    ingest_pool(conn, iter_pool(pool), VOC_FG)
+    assert {r["status"] for r in _rows(conn, "SELECT status FROM images")} == {"ok"}
     labels = tmp_path / "labels.csv"  # OpenImages style: one row per label, keyed by ImageID
     labels.write_text("ImageID,LabelName\n0001a,Tree\n0001a,Boat\n0002b,Tree\n")
     table = TagTable(labels)
     assert table.lookup(PoolFile(pool, "0001a.jpg")) == ("Boat", "Tree")
-    report = ingest_pool(db, iter_pool(pool), VOC_FG, tag_table=table)
+    report = ingest_pool(conn, iter_pool(pool), VOC_FG, tag_table=table)
     assert report.counts["tag_excluded"] == 1 and report.counts["unchanged"] == 2
-    rows = _rows(db, "SELECT p.relpath, i.status FROM image_paths p JOIN images i USING (sha256)")
+    rows = _rows(conn, "SELECT p.relpath, i.status FROM image_paths p JOIN images i USING (sha256)")
     assert sorted((r["relpath"], r["status"]) for r in rows) == [
         ("0001a.jpg", "bad"),
         ("0002b.jpg", "ok"),
     ]
 
 
-def test_empty_and_missing_files_are_recorded_not_fatal(tmp_path, db):
+def test_empty_and_missing_files_are_recorded_not_fatal(tmp_path, conn):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "also_empty.jpg").write_bytes(b"")
     (tmp_path / "fine.jpg").write_bytes(jpeg_bytes(noise_image(1)))
     listing = tmp_path / "pool.txt"
     listing.write_text("empty.jpg\nalso_empty.jpg\ngone.jpg\nfine.jpg\n")
-    report = ingest_pool(db, iter_pool(listing), fg_tags={})
+    report = ingest_pool(conn, iter_pool(listing), fg_tags={})
     assert report.counts["missing_file"] == 1
     assert report.problems == [f"{tmp_path.resolve() / 'gone.jpg'} (missing file)"]
-    rows = _rows(db, "SELECT status, bad_reason, n_bytes FROM images ORDER BY n_bytes")
+    rows = _rows(conn, "SELECT status, bad_reason, n_bytes FROM images ORDER BY n_bytes")
     assert [(r["status"], r["bad_reason"]) for r in rows] == [("bad", "empty_file"), ("ok", None)]
-    assert len(_rows(db, "SELECT * FROM image_paths")) == 3
+    assert len(_rows(conn, "SELECT * FROM image_paths")) == 3
     assert "1 unreadable" in report.summary()

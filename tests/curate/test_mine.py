@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from curate_fixtures import (
     write_awkward_files,
 )
 
-from app.cli import parse_args
+from app.cli import main, parse_args
 from curate import mine as mine_module
 from curate import store
 from curate.mine import mine
@@ -63,6 +64,18 @@ def _counts(db, sql):
         return conn.execute(sql).fetchone()[0]
 
 
+def _queue(db):
+    with store.connect(db) as conn:
+        return queue_frame(conn)
+
+
+def _vectors(db, embedder, dim, shas):
+    from curate.neighbours.vector_index import EmbeddingFile
+
+    with store.connect(db) as conn:
+        return EmbeddingFile(conn, embedder, dim).load(shas)
+
+
 def test_mine_end_to_end_reports_each_step_and_every_bad_reason(tmp_path, checkpoint):
     pool = _pool(tmp_path / "pool")
     write_awkward_files(pool / "odd")
@@ -92,7 +105,7 @@ def test_mine_end_to_end_reports_each_step_and_every_bad_reason(tmp_path, checkp
     assert resolved["workers"] == 0 and resolved["pool"] == [str(pool)]
     counts = json.loads(run["counts_json"])
     assert counts["score_scored"] == 13 and counts["queue"] == 6
-    frame = queue_frame(result.db)
+    frame = _queue(result.db)
     assert len(frame) == 6 and set(frame["top_class"]) == set(CLASS_NAMES)
     assert all(Path(p).name.startswith("cue") for p in frame["path"])
     assert _counts(result.db, "SELECT COUNT(*) FROM scores WHERE run_id = 1") == 13
@@ -143,7 +156,7 @@ def test_tags_exclude_foreground_images_before_scoring(tmp_path, checkpoint):
     result = mine(_config(tmp_path, checkpoint, sheet), log=lines.append)
     assert "1 tag-excluded" in lines[0]
     assert result.bad_reasons == {"tag_excluded": 1}
-    assert not any(p.endswith("cue0_0.png") for p in queue_frame(result.db)["path"])
+    assert not any(p.endswith("cue0_0.png") for p in _queue(result.db)["path"])
     assert _counts(result.db, "SELECT COUNT(*) FROM scores") == 3
 
 
@@ -225,7 +238,6 @@ def tiny_clip(tmp_path_factory):
 def test_open_clip_embedder_adds_clip_scores_to_existing_rows(tmp_path, checkpoint, tiny_clip):
     from PIL import Image
 
-    from curate.neighbours.vector_index import EmbeddingFile
     from curate.score.clip import OpenClipEmbedder
 
     pool = _pool(tmp_path / "pool", per_class=1, noise=1)
@@ -246,14 +258,14 @@ def test_open_clip_embedder_adds_clip_scores_to_existing_rows(tmp_path, checkpoi
     assert len(rows) == 4 and {r["run_id"] for r in rows} == {1}  # rows kept, score added
     images = [np.asarray(Image.open(pool / r["relpath"]).convert("RGB")) for r in rows]
     direct = clip.embed(images)
-    stored = EmbeddingFile(result.db, clip.name, direct.shape[1]).load([r["sha256"] for r in rows])
+    stored = _vectors(result.db, clip.name, direct.shape[1], [r["sha256"] for r in rows])
     np.testing.assert_allclose(stored, direct, atol=1e-5)
     np.testing.assert_allclose(
         [r["clip_fg_score"] for r in rows],
         clip.foreground_probability(direct, CLASS_NAMES),
         atol=1e-5,
     )
-    frame = queue_frame(result.db)
+    frame = _queue(result.db)
     assert frame["clip_fg_score"].notna().all()
     assert all("CLIP foreground" in reason for reason in frame["reason"])
     again: list[str] = []
@@ -355,8 +367,6 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, checkpoint)
     # every stored row equals what one uninterrupted run computes
     clean = tmp_path / "clean.db"
     mine(replace(config, db=clean), log=lambda _: None)
-    from curate.neighbours.vector_index import EmbeddingFile
-
     with store.connect(db) as conn:
         shas = [r[0] for r in conn.execute("SELECT sha256 FROM scores ORDER BY sha256")]
     for name in ("top_score", "top_class", "energy_score"):
@@ -367,8 +377,33 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, checkpoint)
             )
     dim = 512
     np.testing.assert_allclose(
-        EmbeddingFile(db, embedder, dim).load(shas),
-        EmbeddingFile(clean, embedder, dim).load(shas),
-        atol=1e-6,
+        _vectors(db, embedder, dim, shas), _vectors(clean, embedder, dim, shas), atol=1e-6
     )
-    assert queue_frame(db)["sha256"].tolist() == queue_frame(clean)["sha256"].tolist()
+    assert _queue(db)["sha256"].tolist() == _queue(clean)["sha256"].tolist()
+
+
+def test_a_store_copied_without_its_embeddings_folder_is_explained_and_rebuilt_by_mine(
+    tmp_path, checkpoint, capsys
+):
+    pool = _pool(tmp_path / "pool")
+    original = mine(_config(tmp_path, checkpoint, pool), log=lambda _: None)
+    copy = tmp_path / "copy" / "c.db"
+    copy.parent.mkdir()
+    shutil.copy(original.db, copy)  # the .db alone, as a newcomer might copy "the store"
+    sha = original.queue["sha256"].iloc[0]
+    similar = ["similar", "--db", str(copy), "--like", sha[:12], "--k", "3"]
+    assert main(similar) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"hardood similar: error: {copy}: its ")
+    assert f"embeddings folder {copy.parent / 'c.embeddings'} is missing" in error[0]
+    assert "re-run `hardood mine` with the same checkpoint to re-embed the images" in error[0]
+    # re-running mine with the same checkpoint re-embeds what the folder held; scores are kept
+    lines: list[str] = []
+    mine(_config(tmp_path, checkpoint, pool, db=copy), log=lines.append)
+    assert lines[1].startswith("embeddings: 16 vectors missing from ")  # 8 images, 2 embedders
+    assert lines[2].startswith("score: 8 images scored")
+    assert _counts(copy, "SELECT COUNT(*) FROM scores") == 8
+    assert main(similar) == 0
+    rebuilt = capsys.readouterr().out
+    assert main(["similar", "--db", str(original.db), "--like", sha[:12], "--k", "3"]) == 0
+    assert rebuilt == capsys.readouterr().out

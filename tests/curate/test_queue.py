@@ -6,6 +6,7 @@ import io
 import shutil
 import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from curate import store
 from curate.ingest.pool_sources import iter_pool
 from curate.ingest.register import ingest_pool
 from curate.neighbours.near_duplicates import (
-    DEFAULT_THRESHOLD,
+    DEFAULT_DUP_THRESHOLD,
     THUMB_EMBEDDER,
     aligned_similarity,
     group_near_duplicates,
@@ -146,7 +147,7 @@ def test_near_duplicates_group_copies_but_not_look_alikes():
     look_alike = _scene(8)  # the same band and colours, other clutter
     images = {"original": original, **_copies(original), "look_alike": look_alike}
     for name in ("jpeg", "resize", "crop"):
-        assert aligned_similarity(original, images[name]) >= DEFAULT_THRESHOLD, name
+        assert aligned_similarity(original, images[name]) >= DEFAULT_DUP_THRESHOLD, name
     assert aligned_similarity(original, look_alike) < 0.93
     keys = list(images)
     thumbs = np.stack([thumbnail_descriptor(images[k]) for k in keys])
@@ -157,7 +158,7 @@ def test_near_duplicates_group_copies_but_not_look_alikes():
     assert groups.loc["look_alike", "representative"] == "look_alike"
     assert groups.loc["look_alike", "group_size"] == 1
     assert np.isnan(groups.loc["look_alike", "dup_score"])
-    assert (groups["dup_score"].iloc[:4] >= DEFAULT_THRESHOLD).all()
+    assert (groups["dup_score"].iloc[:4] >= DEFAULT_DUP_THRESHOLD).all()
     unreadable = group_near_duplicates(keys, thumbs, lambda k: None, priority)
     assert (unreadable["group_size"] == 1).all()
 
@@ -190,10 +191,10 @@ def scored_pool(tmp_path_factory, checkpoint):
     db = store.open_store(tmp_path / "scored.db")
     with store.connect(db) as conn:
         store.ensure_classes(conn, CLASS_NAMES)
-    run_id = store.start_run(db, "mine", {}, meta["weights_sha256"])
-    ingest_pool(db, iter_pool(pool), fg_tags={}, run_id=run_id)
-    scorer = Scorer(model, meta["weights_sha256"], CLASS_NAMES, 32, torch.device("cpu"))
-    score_pool(db, scorer, run_id, batch_size=8, workers=0)
+        run_id = store.start_run(conn, "mine", {}, meta["weights_sha256"])
+        ingest_pool(conn, iter_pool(pool), fg_tags={}, run_id=run_id)
+        scorer = Scorer(model, meta["weights_sha256"], CLASS_NAMES, 32, torch.device("cpu"))
+        score_pool(conn, scorer, run_id, batch_size=8, workers=0)
     return {
         "db": db,
         "pool": pool,
@@ -206,23 +207,25 @@ def scored_pool(tmp_path_factory, checkpoint):
 
 @pytest.fixture
 def mined(scored_pool, tmp_path):
-    """A private copy of the scored store (and its embedding files) for one test to change."""
+    """A private copy of the scored store (and its embedding files) for one test to change,
+    with a connection to it."""
     db = tmp_path / "c.db"
     with store.connect(scored_pool["db"]) as src, sqlite3.connect(db) as dst:
         src.backup(dst)
-    shutil.copytree(store.embeddings_dir(scored_pool["db"]), store.embeddings_dir(db))
-    return dict(scored_pool, db=db)
+        shutil.copytree(store.embeddings_dir(src), tmp_path / "c.embeddings")
+    with store.connect(db) as conn:
+        yield dict(scored_pool, db=db, conn=conn)
 
 
 SETTINGS = QueueSettings(clusters_per_class=2, min_hardness=0.5)
 
 
 def _build(m, settings=SETTINGS):
-    return build_queue(m["db"], m["ck"], m["embedder"], m["dim"], m["run_id"], settings)
+    return build_queue(m["conn"], m["ck"], m["embedder"], m["dim"], m["run_id"], settings)
 
 
 def _name_of(m):
-    with store.connect(m["db"]) as conn:
+    with store.transaction(m["conn"]) as conn:
         rows = conn.execute("SELECT sha256, relpath FROM image_paths ORDER BY relpath").fetchall()
     names = {}
     for r in rows:
@@ -241,7 +244,7 @@ def test_queue_holds_hard_representatives_only_and_never_a_bad_image(mined):
     assert not any(n.startswith(("noise", "odd/")) for n in queued)
     assert queue["rank"].tolist() == list(range(1, 10))
     assert (queue["hardness_score"] >= 0.5).all()
-    with store.connect(mined["db"]) as conn:
+    with store.transaction(mined["conn"]) as conn:
         bad_in_queue = conn.execute(
             "SELECT COUNT(*) FROM queue q JOIN images i USING (sha256) WHERE i.status = 'bad'"
         ).fetchone()[0]
@@ -256,9 +259,9 @@ def test_queue_holds_hard_representatives_only_and_never_a_bad_image(mined):
 
 def test_the_hardest_image_of_a_group_represents_it(mined):
     queue = _build(mined)
-    frame = queue_frame(mined["db"])
+    frame = queue_frame(mined["conn"])
     row = frame[frame["sha256"].isin(queue["sha256"]) & frame["group_size"].eq(2)]
-    with store.connect(mined["db"]) as conn:
+    with store.transaction(mined["conn"]) as conn:
         group = conn.execute(
             "SELECT d.sha256, s.hardness_score FROM dup_groups d JOIN scores s USING (sha256) "
             "WHERE d.representative = ?",
@@ -283,7 +286,7 @@ def test_reviewed_groups_leave_the_queue_and_keep_their_verdicts(mined):
     reviewed = by_name.get("cue2_1.png")
     group_member = next(s for s, n in names.items() if n == "cue0_0_near.png")
     now = time.time()
-    with store.connect(mined["db"]) as conn:
+    with store.transaction(mined["conn"]) as conn:
         for sha in (reviewed, group_member):
             conn.execute(
                 "INSERT INTO verdicts(sha256, annotator, verdict, created_at) VALUES (?, 'ana', "
@@ -298,7 +301,7 @@ def test_reviewed_groups_leave_the_queue_and_keep_their_verdicts(mined):
     remaining = {names[s] for s in second["sha256"]}
     assert "cue2_1.png" not in remaining
     assert not remaining & {"cue0_0.png", "cue0_0_near.png"}  # one verdict covers its group
-    with store.connect(mined["db"]) as conn:
+    with store.transaction(mined["conn"]) as conn:
         assert conn.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0] == 2
         assert conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 1
         assert conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0] == len(second)
@@ -310,7 +313,7 @@ def test_expand_from_verdicts_adds_unseen_neighbours_of_confirmed_hard_oods_firs
     names = _name_of(mined)
     assert sorted(n[:4] for n in map(names.get, first["sha256"])) == ["cue0", "cue1", "cue2"]
     confirmed = next(s for s in first["sha256"] if names[s].startswith("cue1"))
-    with store.connect(mined["db"]) as conn:
+    with store.transaction(mined["conn"]) as conn:
         conn.execute(
             "INSERT INTO verdicts(sha256, annotator, verdict, created_at) "
             "VALUES (?, 'ana', 'no_foreground', ?)",
@@ -329,7 +332,7 @@ def test_expand_from_verdicts_adds_unseen_neighbours_of_confirmed_hard_oods_firs
 
 def test_queue_frame_columns_paths_and_top3(mined):
     _build(mined)
-    frame = queue_frame(mined["db"])
+    frame = queue_frame(mined["conn"])
     assert list(frame.columns[:8]) == [
         "rank", "sha256", "path", "top_class", "top_score", "hardness_score", "reason",
         "group_size",
@@ -340,7 +343,7 @@ def test_queue_frame_columns_paths_and_top3(mined):
     assert (mined["pool"] / row["path"]).is_file()
     assert row["top_class"] in CLASS_NAMES and row["class_2"] in CLASS_NAMES
     assert row["top_score"] >= row["score_2"] >= row["score_3"]
-    assert len(queue_frame(mined["db"], top=3)) == 3
+    assert len(queue_frame(mined["conn"], top=3)) == 3
     copy_row = frame[frame["path"].str.endswith(("cue1_0.png", "cue1_0_copy.png"))]
     assert copy_row["path"].iloc[0].endswith("cue1_0.png")  # the first registered path
 
@@ -354,10 +357,15 @@ def test_queue_cli_prints_a_table_and_writes_csv(mined, tmp_path, capsys):
     queue = _build(mined)
     assert _run_cli(["--db", str(mined["db"]), "--top", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["rank", "hardness", "class", "group", "reason", "file"]
-    assert len(lines) == 4
+    header = ["rank", "hardness", "class", "group_size", "reason", "sha256", "path"]
+    assert lines[0].split() == header
+    assert len(lines) == 5 and lines[4].startswith("paste a sha256 or a path into")
     assert lines[1].split()[0] == "1" and queue["class_name"].iloc[0] in lines[1]
-    assert "cluster" in lines[1] and lines[1].rstrip().endswith(".png")
+    assert "cluster" in lines[1]
+    frame = queue_frame(mined["conn"], top=3)
+    for line, row in zip(lines[1:4], frame.itertuples()):
+        assert line.split()[-2:] == [row.sha256[:12], row.path]
+        assert line.split()[3] == str(row.group_size)
     out = tmp_path / "q.csv"
     assert _run_cli(["--db", str(mined["db"]), "--csv", str(out)]) == 0
     written = pd.read_csv(out)
@@ -374,7 +382,7 @@ def test_queue_cli_on_an_empty_or_missing_store(tmp_path, capsys):
 
 
 def test_embeddings_of_every_scored_image_are_stored(mined):
-    with store.connect(mined["db"]) as conn:
+    with store.transaction(mined["conn"]) as conn:
         n_scores = conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
         rows = conn.execute(
             "SELECT sha256 FROM embeddings WHERE embedder = ? ORDER BY row", (mined["embedder"],)
@@ -384,6 +392,19 @@ def test_embeddings_of_every_scored_image_are_stored(mined):
         ).fetchone()[0]
     assert len(rows) == n_scores == n_thumbs == 9 + 3 + 1 + 5  # cues, noise, near dup, odd files
     vectors = np.fromfile(
-        store.embeddings_dir(mined["db"]) / f"{mined['embedder']}.f32", dtype="<f4"
+        store.embeddings_dir(mined["conn"]) / f"{mined['embedder']}.f32", dtype="<f4"
     ).reshape(-1, mined["dim"])
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_what_queue_prints_pastes_into_similar(mined, capsys):
+    _build(mined)
+    assert _run_cli(["--db", str(mined["db"]), "--top", "1"]) == 0
+    first = capsys.readouterr().out.splitlines()[1].split()
+    sha_prefix, path = first[-2], first[-1]
+    tables = []
+    for like in (sha_prefix, path, Path(path).name):
+        args = parse_args(["similar", "--db", str(mined["db"]), "--like", like, "--k", "3"])
+        assert args.func(args) == 0
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1] == tables[2] and len(tables[0].splitlines()) == 4

@@ -12,7 +12,7 @@ import pytest
 
 from curate import store
 from curate.ingest import image_files
-from curate.review import verdicts as review
+from curate.review import agreement, annotators, leases, progress, verdicts
 from curate.review.agreement import cohen_kappa, fleiss_kappa
 from tests.curate.review_fixtures import CLASSES, build_review_store, cue_heatmap
 from wood_train.errors import DataError
@@ -25,177 +25,186 @@ def world(tmp_path):
     return build_review_store(tmp_path, 8)
 
 
-def _signed(db, *names):
-    return [review.sign_in(db, name) for name in names]
+@pytest.fixture
+def conn(world):
+    with store.connect(world.db) as connection:
+        yield connection
 
 
-def test_sign_in_normalises_and_rejects_bad_names(world):
-    assert review.sign_in(world.db, "  ana   b ") == "ana b"
-    review.sign_in(world.db, "ana b")  # twice is fine
-    with store.connect(world.db) as conn:
-        assert [r[0] for r in conn.execute("SELECT name FROM annotators")] == ["ana b"]
+def _signed(conn, *names):
+    return [annotators.sign_in(conn, name) for name in names]
+
+
+def test_sign_in_normalises_and_rejects_bad_names(world, conn):
+    assert annotators.sign_in(conn, "  ana   b ") == "ana b"
+    annotators.sign_in(conn, "ana b")  # twice is fine
+    assert [r[0] for r in conn.execute("SELECT name FROM annotators")] == ["ana b"]
     for bad in ("", "   ", "-ana", "a" * 65, "ana;drop", "<b>ana"):
         with pytest.raises(ValueError, match="annotator name"):
-            review.sign_in(world.db, bad)
+            annotators.sign_in(conn, bad)
     with pytest.raises(DataError, match="has not signed in"):
-        review.lease_next(world.db, "stranger")
+        leases.lease_next(conn, "stranger")
 
 
-def test_lease_next_follows_rank_and_holds_until_judged(world):
-    (ana,) = _signed(world.db, "ana")
-    items = review.lease_next(world.db, ana, n=3, now=T0)
+def test_lease_next_follows_rank_and_holds_until_judged(world, conn):
+    (ana,) = _signed(conn, "ana")
+    items = leases.lease_next(conn, ana, n=3, now=T0)
     assert [i.sha256 for i in items] == world.shas[:3]
     assert [i.rank for i in items] == [1, 2, 3]
     # asking again (a reload, a restart) gives the same held items back, not new ones
-    again = review.lease_next(world.db, ana, n=3, now=T0 + 5)
+    again = leases.lease_next(conn, ana, n=3, now=T0 + 5)
     assert [i.sha256 for i in again] == world.shas[:3]
-    assert again[0].expires_at == pytest.approx(T0 + 5 + review.DEFAULT_LEASE_SECONDS)
-    review.record_verdict(world.db, ana, world.shas[0], "no_foreground", 1.5, now=T0 + 6)
+    assert again[0].expires_at == pytest.approx(T0 + 5 + leases.DEFAULT_LEASE_SECONDS)
+    verdicts.record_verdict(conn, ana, world.shas[0], "no_foreground", 1.5, now=T0 + 6)
     # held items first, then the next fresh one in rank order
-    assert [i.sha256 for i in review.lease_next(world.db, ana, n=3, now=T0 + 7)] == world.shas[1:4]
+    assert [i.sha256 for i in leases.lease_next(conn, ana, n=3, now=T0 + 7)] == world.shas[1:4]
 
 
-def test_item_shows_top_class_scores_reason_and_heatmap(world):
-    (ana,) = _signed(world.db, "ana")
-    item = review.lease_next(world.db, ana, now=T0)[0]
+def test_item_shows_top_class_scores_reason_and_heatmap(world, conn):
+    (ana,) = _signed(conn, "ana")
+    item = leases.lease_next(conn, ana, now=T0)[0]
     assert item.top_class == world.top_classes[0] == "aeroplane"
     assert item.top_score == pytest.approx(0.99)
     assert [name for name, _ in item.top3] == ["aeroplane", "boat", "train"]
     assert [score for _, score in item.top3] == pytest.approx([0.99, 0.33, 0.11])
     assert item.reason == "sky scores aeroplane 0.99"
-    np.testing.assert_array_equal(review.item_heatmap(world.db, item.sha256), cue_heatmap("sky"))
+    np.testing.assert_array_equal(leases.item_heatmap(conn, item.sha256), cue_heatmap("sky"))
     assert CLASSES[0] == "aeroplane"
 
 
-def test_two_annotators_never_hold_the_same_item_and_leases_expire(world):
-    ana, bo = _signed(world.db, "ana", "bo")
-    first = review.lease_next(world.db, ana, n=3, lease_seconds=60, now=T0)
-    second = review.lease_next(world.db, bo, n=3, lease_seconds=60, now=T0 + 1)
+def test_two_annotators_never_hold_the_same_item_and_leases_expire(world, conn):
+    ana, bo = _signed(conn, "ana", "bo")
+    first = leases.lease_next(conn, ana, n=3, lease_seconds=60, now=T0)
+    second = leases.lease_next(conn, bo, n=3, lease_seconds=60, now=T0 + 1)
     assert [i.sha256 for i in first] == world.shas[:3]
     assert [i.sha256 for i in second] == world.shas[3:6]
     # ana walks away; once her lease is over, bo's next request picks her items up
-    review.record_verdict(world.db, bo, world.shas[3], "no_foreground", 2.0, now=T0 + 2)
-    later = review.lease_next(world.db, bo, n=3, lease_seconds=60, now=T0 + 60.5)
+    verdicts.record_verdict(conn, bo, world.shas[3], "no_foreground", 2.0, now=T0 + 2)
+    later = leases.lease_next(conn, bo, n=3, lease_seconds=60, now=T0 + 60.5)
     assert [i.sha256 for i in later] == [world.shas[0], world.shas[4], world.shas[5]]
 
 
-def test_overlap_k_gives_each_item_k_independent_verdicts(world):
-    ana, bo, cy = _signed(world.db, "ana", "bo", "cy")
+def test_overlap_k_gives_each_item_k_independent_verdicts(world, conn):
+    ana, bo, cy = _signed(conn, "ana", "bo", "cy")
     sha = world.shas[0]
-    assert review.lease_next(world.db, ana, k=2, now=T0)[0].sha256 == sha
+    assert leases.lease_next(conn, ana, k=2, now=T0)[0].sha256 == sha
     # while ana holds it, nobody else gets it
-    assert review.lease_next(world.db, bo, k=2, now=T0)[0].sha256 == world.shas[1]
-    review.record_verdict(world.db, ana, sha, "no_foreground", 1.0, now=T0 + 1)
-    review.release(world.db, bo)
+    assert leases.lease_next(conn, bo, k=2, now=T0)[0].sha256 == world.shas[1]
+    verdicts.record_verdict(conn, ana, sha, "no_foreground", 1.0, now=T0 + 1)
+    leases.release(conn, bo)
     # one verdict of two: bo gets it next, ana never sees it again
-    assert review.lease_next(world.db, bo, k=2, now=T0 + 2)[0].sha256 == sha
-    assert sha not in [i.sha256 for i in review.lease_next(world.db, ana, k=2, n=8, now=T0 + 2)]
-    review.record_verdict(world.db, bo, sha, "contains_foreground", 1.0, now=T0 + 3)
-    review.release(world.db, ana)
+    assert leases.lease_next(conn, bo, k=2, now=T0 + 2)[0].sha256 == sha
+    assert sha not in [i.sha256 for i in leases.lease_next(conn, ana, k=2, n=8, now=T0 + 2)]
+    verdicts.record_verdict(conn, bo, sha, "contains_foreground", 1.0, now=T0 + 3)
+    leases.release(conn, ana)
     # two verdicts: done for everyone
-    assert sha not in [i.sha256 for i in review.lease_next(world.db, cy, k=2, n=8, now=T0 + 4)]
-    summary = review.progress_summary(world.db, k=2, now=T0 + 5)
+    assert sha not in [i.sha256 for i in leases.lease_next(conn, cy, k=2, n=8, now=T0 + 4)]
+    summary = progress.progress_summary(conn, k=2, now=T0 + 5)
     assert summary["done_items"] == 1 and summary["remaining_items"] == 7
     assert summary["verdicts_needed"] == 7 * 2
 
 
-def test_queue_runs_out(world):
-    (ana,) = _signed(world.db, "ana")
-    items = review.lease_next(world.db, ana, n=20, now=T0)
+def test_queue_runs_out(world, conn):
+    (ana,) = _signed(conn, "ana")
+    items = leases.lease_next(conn, ana, n=20, now=T0)
     assert len(items) == 8
-    review.record_verdicts(world.db, ana, [(i.sha256, "no_foreground", 1.0) for i in items])
-    assert review.lease_next(world.db, ana, n=5) == []
+    verdicts.record_verdicts(conn, ana, [(i.sha256, "no_foreground", 1.0) for i in items])
+    assert leases.lease_next(conn, ana, n=5) == []
 
 
-def test_record_verdict_checks_input_and_ignores_a_double_submit(world):
-    (ana,) = _signed(world.db, "ana")
-    sha = review.lease_next(world.db, ana, now=T0)[0].sha256
+def test_record_verdict_checks_input_and_ignores_a_double_submit(world, conn):
+    (ana,) = _signed(conn, "ana")
+    sha = leases.lease_next(conn, ana, now=T0)[0].sha256
     with pytest.raises(ValueError, match="is not one of"):
-        review.record_verdict(world.db, ana, sha, "maybe", 1.0)
+        verdicts.record_verdict(conn, ana, sha, "maybe", 1.0)
     with pytest.raises(ValueError, match="seconds"):
-        review.record_verdict(world.db, ana, sha, "unsure", -3.0)
+        verdicts.record_verdict(conn, ana, sha, "unsure", -3.0)
     with pytest.raises(ValueError, match="not in the review queue"):
-        review.record_verdict(world.db, ana, "0" * 64, "unsure", 1.0)
+        verdicts.record_verdict(conn, ana, "0" * 64, "unsure", 1.0)
     with pytest.raises(ValueError, match="source"):
-        review.record_verdict(world.db, ana, sha, "unsure", 1.0, source="web")
+        verdicts.record_verdict(conn, ana, sha, "unsure", 1.0, source="web")
     with pytest.raises(DataError, match="has not signed in"):
-        review.record_verdict(world.db, "nobody", sha, "unsure", 1.0)
+        verdicts.record_verdict(conn, "nobody", sha, "unsure", 1.0)
     # seconds default to the time since the lease
-    first = review.record_verdict(world.db, ana, sha, "bad_image", now=T0 + 4.5)
+    first = verdicts.record_verdict(conn, ana, sha, "bad_image", now=T0 + 4.5)
     assert first is not None
-    assert review.record_verdict(world.db, ana, sha, "no_foreground", 1.0) is None
-    frame = review.live_verdicts(world.db)
+    assert verdicts.record_verdict(conn, ana, sha, "no_foreground", 1.0) is None
+    frame = verdicts.live_verdicts(conn)
     assert frame[["sha256", "annotator", "verdict", "seconds", "source"]].values.tolist() == [
         [sha, "ana", "bad_image", 4.5, "app"]
     ]
-    with store.connect(world.db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
 
 
-def test_undo_marks_the_last_verdict_and_gives_the_item_back_first(world):
-    (ana,) = _signed(world.db, "ana")
+def test_undo_marks_the_last_verdict_and_gives_the_item_back_first(world, conn):
+    (ana,) = _signed(conn, "ana")
     for i, verdict in enumerate(["no_foreground", "contains_foreground"]):
-        sha = review.lease_next(world.db, ana, now=T0 + i)[0].sha256
-        review.record_verdict(world.db, ana, sha, verdict, 2.0, now=T0 + i)
-    assert review.lease_next(world.db, ana, now=T0 + 3)[0].sha256 == world.shas[2]
-    assert review.undo_last(world.db, ana, now=T0 + 4) == world.shas[1]
-    assert review.verdict_count(world.db, ana) == 1
+        sha = leases.lease_next(conn, ana, now=T0 + i)[0].sha256
+        verdicts.record_verdict(conn, ana, sha, verdict, 2.0, now=T0 + i)
+    assert leases.lease_next(conn, ana, now=T0 + 3)[0].sha256 == world.shas[2]
+    assert verdicts.undo_last(conn, ana, now=T0 + 4) == world.shas[1]
+    assert verdicts.verdict_count(conn, ana) == 1
     # the undone item is shown before the one ana held
-    assert review.lease_next(world.db, ana, now=T0 + 5)[0].sha256 == world.shas[1]
-    review.record_verdict(world.db, ana, world.shas[1], "unsure", 1.0, now=T0 + 6)
-    frame = review.live_verdicts(world.db)
+    assert leases.lease_next(conn, ana, now=T0 + 5)[0].sha256 == world.shas[1]
+    verdicts.record_verdict(conn, ana, world.shas[1], "unsure", 1.0, now=T0 + 6)
+    frame = verdicts.live_verdicts(conn)
     assert dict(zip(frame["sha256"], frame["verdict"])) == {
         world.shas[0]: "no_foreground",
         world.shas[1]: "unsure",
     }
-    with store.connect(world.db) as conn:  # nothing is deleted: the undone row is kept
-        assert conn.execute("SELECT COUNT(*) FROM verdicts WHERE undone = 1").fetchone()[0] == 1
-    assert review.undo_last(world.db, "bo") is None
+    # nothing is deleted: the undone row is kept
+    assert conn.execute("SELECT COUNT(*) FROM verdicts WHERE undone = 1").fetchone()[0] == 1
+    assert verdicts.undo_last(conn, "bo") is None
 
 
-def test_progress_frame_and_summary(world):
-    ana, bo, _ = _signed(world.db, "ana", "bo", "cy")
+def test_progress_frame_and_summary(world, conn):
+    ana, bo, _ = _signed(conn, "ana", "bo", "cy")
     plan = [(ana, 0, "no_foreground", 2.0), (ana, 1, "no_foreground", 4.0),
             (ana, 2, "contains_foreground", 9.0), (bo, 3, "unsure", 3.0)]  # fmt: skip
     for name, i, verdict, seconds in plan:
-        review.record_verdict(world.db, name, world.shas[i], verdict, seconds, now=T0 + i)
-    frame = review.progress_frame(world.db).set_index("annotator")
+        verdicts.record_verdict(conn, name, world.shas[i], verdict, seconds, now=T0 + i)
+    frame = progress.progress_frame(conn).set_index("annotator")
     assert frame.loc["ana", "verdicts"] == 3 and frame.loc["bo", "verdicts"] == 1
     assert frame.loc["cy", "verdicts"] == 0 and pd.isna(frame.loc["cy", "median_seconds"])
     assert frame.loc["ana", "median_seconds"] == 4.0 and frame.loc["ana", "total_seconds"] == 15.0
     assert frame.loc["ana", "contains_foreground"] == 1 and frame.loc["bo", "unsure"] == 1
-    summary = review.progress_summary(world.db, k=1, now=T0 + 10)
+    summary = progress.progress_summary(conn, k=1, now=T0 + 10)
     assert summary["done_items"] == 4 and summary["remaining_items"] == 4
     assert summary["median_seconds"] == 3.5 and summary["active_annotators"] == 2
     assert summary["eta_seconds"] == pytest.approx(4 * 3.5 / 2)
-    assert review.progress_summary(world.db, now=T0 + 10_000)["active_annotators"] == 0
+    assert progress.progress_summary(conn, now=T0 + 10_000)["active_annotators"] == 0
 
 
 def test_agreement_cohen_for_two_and_fleiss_for_more(tmp_path):
     world = build_review_store(tmp_path, 4)
-    ana, bo, cy = _signed(world.db, "ana", "bo", "cy")
+    with store.connect(world.db) as conn:
+        _agree_then_disagree(world, conn)
+
+
+def _agree_then_disagree(world, conn):
+    ana, bo, cy = _signed(conn, "ana", "bo", "cy")
     # ana vs bo on four items: yyyn vs yynn -> kappa 0.5 (worked out in the docstring)
     for i, (a, b) in enumerate(zip("yyyn", "yynn")):
         label = {"y": "no_foreground", "n": "contains_foreground"}
-        review.record_verdict(world.db, ana, world.shas[i], label[a], 1.0)
-        review.record_verdict(world.db, bo, world.shas[i], label[b], 1.0)
-    result = review.agreement(world.db)
+        verdicts.record_verdict(conn, ana, world.shas[i], label[a], 1.0)
+        verdicts.record_verdict(conn, bo, world.shas[i], label[b], 1.0)
+    result = agreement.agreement_summary(conn)
     assert result["method"] == "cohen" and result["annotators"] == ["ana", "bo"]
     assert result["kappa"] == pytest.approx(0.5) and result["items"] == 4
     assert result["all_agree"] == pytest.approx(0.75)
     # a third annotator on two items: Fleiss over the overlapping items
-    review.record_verdict(world.db, cy, world.shas[0], "no_foreground", 1.0)
-    review.record_verdict(world.db, cy, world.shas[3], "no_foreground", 1.0)
-    result = review.agreement(world.db)
+    verdicts.record_verdict(conn, cy, world.shas[0], "no_foreground", 1.0)
+    verdicts.record_verdict(conn, cy, world.shas[3], "no_foreground", 1.0)
+    result = agreement.agreement_summary(conn)
     counts = np.array([[3, 0], [2, 0], [1, 1], [1, 2]])  # no_fg / contains per item
     assert result["method"] == "fleiss"
     assert result["kappa"] == pytest.approx(fleiss_kappa(counts))
 
 
-def test_agreement_without_overlap(world):
-    (ana,) = _signed(world.db, "ana")
-    review.record_verdict(world.db, ana, world.shas[0], "no_foreground", 1.0)
-    assert review.agreement(world.db) == {
+def test_agreement_without_overlap(world, conn):
+    (ana,) = _signed(conn, "ana")
+    verdicts.record_verdict(conn, ana, world.shas[0], "no_foreground", 1.0)
+    assert agreement.agreement_summary(conn) == {
         "method": None, "kappa": None, "items": 0, "annotators": [], "all_agree": None,
     }  # fmt: skip
 
@@ -218,14 +227,15 @@ def test_kappa_formulas_on_published_examples():
 
 def _lease_and_judge(db, name, rounds, out):
     """One annotator process: lease, judge, repeat; reports what it was handed."""
-    review.sign_in(db, name)
     seen = []
-    for _ in range(rounds):
-        items = review.lease_next(db, name, n=2, lease_seconds=600)
-        if not items:
-            break
-        seen += [i.sha256 for i in items]
-        review.record_verdicts(db, name, [(i.sha256, "no_foreground", 0.1) for i in items])
+    with store.connect(db) as conn:  # each process owns its connection
+        annotators.sign_in(conn, name)
+        for _ in range(rounds):
+            items = leases.lease_next(conn, name, n=2, lease_seconds=600)
+            if not items:
+                break
+            seen += [i.sha256 for i in items]
+            verdicts.record_verdicts(conn, name, [(i.sha256, "no_foreground", 0.1) for i in items])
     out.put((name, seen))
 
 
@@ -245,12 +255,13 @@ def test_leasing_is_atomic_across_processes(tmp_path):
         assert worker.exitcode == 0
     all_seen = [sha for _, seen in handed for sha in seen]
     assert sorted(all_seen) == sorted(world.shas)  # every item exactly once, to one process
-    verdicts = review.live_verdicts(world.db)
-    assert verdicts["sha256"].is_unique and len(verdicts) == 40
+    with store.connect(world.db) as conn:
+        given = verdicts.live_verdicts(conn)
+    assert given["sha256"].is_unique and len(given) == 40
 
 
-def test_image_access_stays_inside_registered_roots(world, tmp_path):
-    data, path = image_files.read_image_bytes(world.db, world.shas[0])
+def test_image_access_stays_inside_registered_roots(world, conn, tmp_path):
+    data, path = image_files.read_image_bytes(conn, world.shas[0])
     assert path == world.root / world.relpaths[0] and data == path.read_bytes()
     secret = tmp_path / "secret.png"
     secret.write_bytes(data)  # same bytes, outside the root: must still not be served
@@ -262,15 +273,15 @@ def test_image_access_stays_inside_registered_roots(world, tmp_path):
     assert image_files.contained_file(world.root, "inner.png") == world.root / world.relpaths[1]
     assert image_files.contained_file("relative/root", world.relpaths[0]) is None
     # a crafted row pointing out of the root, for a real queue item
-    with store.connect(world.db) as conn:
+    with store.transaction(conn):
         conn.execute("DELETE FROM image_paths WHERE sha256 = ?", (world.shas[0],))
         conn.execute(
             "INSERT INTO image_paths(root_id, relpath, sha256) VALUES (1, '../secret.png', ?)",
             (world.shas[0],),
         )
     with pytest.raises(FileNotFoundError, match="no registered path"):
-        image_files.read_image_bytes(world.db, world.shas[0])
+        image_files.read_image_bytes(conn, world.shas[0])
     # a file whose bytes changed since mining is refused
     (world.root / world.relpaths[2]).write_bytes(data)
     with pytest.raises(ValueError, match="changed since it was mined"):
-        image_files.read_image_bytes(world.db, world.shas[2])
+        image_files.read_image_bytes(conn, world.shas[2])

@@ -62,51 +62,52 @@ def _planted_pool(folder):
     return truth
 
 
-def _ingested(tmp_path, folder):
-    db = store.open_store(tmp_path / "c.db")
-    with store.connect(db) as conn:
-        store.ensure_classes(conn, CLASS_NAMES)
-    run_id = store.start_run(db, "mine", {})
-    ingest_pool(db, iter_pool(folder), fg_tags={}, run_id=run_id)
-    return db, run_id
+@pytest.fixture
+def conn(tmp_path):
+    with store.connect(store.open_store(tmp_path / "c.db")) as connection:
+        yield connection
 
 
-def _score_rows(db):
-    with store.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT p.relpath, s.* FROM scores s JOIN image_paths p USING (sha256) ORDER BY relpath"
-        ).fetchall()
+def _ingested(conn, folder):
+    store.ensure_classes(conn, CLASS_NAMES)
+    run_id = store.start_run(conn, "mine", {})
+    ingest_pool(conn, iter_pool(folder), fg_tags={}, run_id=run_id)
+    return run_id
+
+
+def _score_rows(conn):
+    rows = conn.execute(
+        "SELECT p.relpath, s.* FROM scores s JOIN image_paths p USING (sha256) ORDER BY relpath"
+    ).fetchall()
     return {r["relpath"]: dict(r) for r in rows}
 
 
-def test_every_awkward_file_is_normalised_or_recorded_with_its_reason(tmp_path, scorer):
+def test_every_awkward_file_is_normalised_or_recorded_with_its_reason(tmp_path, conn, scorer):
     expected = write_awkward_files(tmp_path / "pool")
-    db, run_id = _ingested(tmp_path, tmp_path / "pool")
-    report = score_pool(db, scorer, run_id, batch_size=4, workers=0)
-    with store.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT p.relpath, i.status, i.bad_reason, i.width, i.height FROM images i "
-            "JOIN image_paths p USING (sha256)"
-        ).fetchall()
+    run_id = _ingested(conn, tmp_path / "pool")
+    report = score_pool(conn, scorer, run_id, batch_size=4, workers=0)
+    rows = conn.execute(
+        "SELECT p.relpath, i.status, i.bad_reason, i.width, i.height FROM images i "
+        "JOIN image_paths p USING (sha256)"
+    ).fetchall()
     got = {r["relpath"]: r["bad_reason"] if r["status"] == "bad" else None for r in rows}
     assert got == expected
     sizes = {r["relpath"]: (r["width"], r["height"]) for r in rows}
     assert sizes["exif_rotated.jpg"] == (32, 20)  # stored 20x32, EXIF says rotate 90 degrees
     assert sizes["animated.gif"] == sizes["deep16.png"] == (32, 32)
     usable = {name for name, reason in expected.items() if reason is None}
-    assert set(_score_rows(db)) == usable
+    assert set(_score_rows(conn)) == usable
     assert report.counts["scored"] == len(usable)
     assert report.counts["bad:truncated"] == report.counts["bad:too_large"] == 1
-    with store.connect(db) as conn:
-        per_embedder = dict(conn.execute("SELECT embedder, COUNT(*) FROM embeddings GROUP BY 1"))
+    per_embedder = dict(conn.execute("SELECT embedder, COUNT(*) FROM embeddings GROUP BY 1"))
     assert per_embedder == {scorer.classifier_embedder: len(usable), THUMB_EMBEDDER: len(usable)}
 
 
-def test_scores_match_the_model_and_the_planted_answer(tmp_path, scorer):
+def test_scores_match_the_model_and_the_planted_answer(tmp_path, conn, scorer):
     truth = _planted_pool(tmp_path / "pool")
-    db, run_id = _ingested(tmp_path, tmp_path / "pool")
-    score_pool(db, scorer, run_id, batch_size=3, workers=0, heatmap_size=8)
-    rows = _score_rows(db)
+    run_id = _ingested(conn, tmp_path / "pool")
+    score_pool(conn, scorer, run_id, batch_size=3, workers=0, heatmap_size=8)
+    rows = _score_rows(conn)
     assert set(rows) == set(truth)
     for name, planted in truth.items():
         row = rows[name]
@@ -129,63 +130,64 @@ def test_scores_match_the_model_and_the_planted_answer(tmp_path, scorer):
             assert row["top_score"] < 0.5
 
 
-def test_rerun_skips_images_already_scored_by_the_same_checkpoint(tmp_path, scorer, checkpoint):
+def test_rerun_skips_images_already_scored_by_the_same_checkpoint(
+    tmp_path, conn, scorer, checkpoint
+):
     _planted_pool(tmp_path / "pool")
-    db, run_id = _ingested(tmp_path, tmp_path / "pool")
-    first = score_pool(db, scorer, run_id, batch_size=4, workers=0)
+    run_id = _ingested(conn, tmp_path / "pool")
+    first = score_pool(conn, scorer, run_id, batch_size=4, workers=0)
     assert first.counts["scored"] == 8
-    before = _score_rows(db)
-    second_run = store.start_run(db, "mine", {})
-    again = score_pool(db, scorer, second_run, batch_size=4, workers=0)
+    before = _score_rows(conn)
+    second_run = store.start_run(conn, "mine", {})
+    again = score_pool(conn, scorer, second_run, batch_size=4, workers=0)
     assert again.counts["scored"] == 0
-    assert _score_rows(db) == before  # same rows, still pointing at the first run
+    assert _score_rows(conn) == before  # same rows, still pointing at the first run
     save_image(noise_image(99), tmp_path / "pool" / "late.png")
-    ingest_pool(db, iter_pool(tmp_path / "pool"), fg_tags={}, run_id=second_run)
-    late = score_pool(db, scorer, second_run, batch_size=4, workers=0)
+    ingest_pool(conn, iter_pool(tmp_path / "pool"), fg_tags={}, run_id=second_run)
+    late = score_pool(conn, scorer, second_run, batch_size=4, workers=0)
     assert late.counts["scored"] == 1
-    assert _score_rows(db)["late.png"]["run_id"] == second_run
+    assert _score_rows(conn)["late.png"]["run_id"] == second_run
 
 
-def test_a_new_checkpoint_scores_everything_again_into_its_own_rows(tmp_path, scorer):
+def test_a_new_checkpoint_scores_everything_again_into_its_own_rows(tmp_path, conn, scorer):
     _planted_pool(tmp_path / "pool")
-    db, run_id = _ingested(tmp_path, tmp_path / "pool")
-    score_pool(db, scorer, run_id, batch_size=4, workers=0)
+    run_id = _ingested(conn, tmp_path / "pool")
+    score_pool(conn, scorer, run_id, batch_size=4, workers=0)
     other_path = tmp_path / "other.pt"
     planted_checkpoint(other_path, seed=1)
     model, meta = load_cam_net(other_path)
     other = Scorer(model, meta["weights_sha256"], CLASS_NAMES, 32, torch.device("cpu"))
     assert other.checkpoint_sha256 != scorer.checkpoint_sha256
-    assert score_pool(db, other, run_id, batch_size=4, workers=0).counts["scored"] == 8
-    with store.connect(db) as conn:
-        per_ck = conn.execute(
-            "SELECT checkpoint_sha256, COUNT(*) FROM scores GROUP BY checkpoint_sha256"
-        ).fetchall()
-        embedders = {r[0] for r in conn.execute("SELECT DISTINCT embedder FROM embeddings")}
+    assert score_pool(conn, other, run_id, batch_size=4, workers=0).counts["scored"] == 8
+    per_ck = conn.execute(
+        "SELECT checkpoint_sha256, COUNT(*) FROM scores GROUP BY checkpoint_sha256"
+    ).fetchall()
+    embedders = {r[0] for r in conn.execute("SELECT DISTINCT embedder FROM embeddings")}
     assert sorted(n for _, n in per_ck) == [8, 8]
     assert embedders == {THUMB_EMBEDDER} | {
         classifier_embedder_name(s.checkpoint_sha256) for s in (scorer, other)
     }
 
 
-def test_workers_shard_the_pool_without_gaps_or_repeats(tmp_path, scorer):
+def test_workers_shard_the_pool_without_gaps_or_repeats(tmp_path, conn, scorer):
     truth = _planted_pool(tmp_path / "pool")
-    db, run_id = _ingested(tmp_path, tmp_path / "pool")
-    report = score_pool(db, scorer, run_id, batch_size=2, workers=2)
+    run_id = _ingested(conn, tmp_path / "pool")
+    report = score_pool(conn, scorer, run_id, batch_size=2, workers=2)
     assert report.counts["scored"] == len(truth)
-    assert set(_score_rows(db)) == set(truth)
+    assert set(_score_rows(conn)) == set(truth)
 
 
-def test_file_replaced_after_ingest_is_skipped_not_misattributed(tmp_path, scorer):
+def test_file_replaced_after_ingest_is_skipped_not_misattributed(tmp_path, conn, scorer):
     _planted_pool(tmp_path / "pool")
-    db, run_id = _ingested(tmp_path, tmp_path / "pool")
+    run_id = _ingested(conn, tmp_path / "pool")
     shutil.copy(tmp_path / "pool" / "noise_0.png", tmp_path / "pool" / "cue0_0.png")
-    report = score_pool(db, scorer, run_id, batch_size=4, workers=0)
+    report = score_pool(conn, scorer, run_id, batch_size=4, workers=0)
     assert report.counts["skipped:changed_on_disk"] == 1 and report.counts["scored"] == 7
-    assert "cue0_0.png" not in _score_rows(db)
+    assert "cue0_0.png" not in _score_rows(conn)
     assert any("cue0_0.png" in p for p in report.problems)
 
 
-def test_energy_hardness_formula_and_rescoring_without_a_forward(tmp_path, scorer):
+def test_energy_hardness_formula_and_rescoring_without_a_forward(tmp_path, conn, scorer):
     energy = np.array([math.log(3) + 2.0, -5.0])
     expected = 1 / (1 + np.exp(-(energy - math.log(3))))
     np.testing.assert_allclose(hardness_from(np.array([0.9, 0.1]), energy, "energy", 3), expected)
@@ -197,27 +199,26 @@ def test_energy_hardness_formula_and_rescoring_without_a_forward(tmp_path, score
         hardness_from(np.zeros(1), np.zeros(1), "margin", 3)
 
     _planted_pool(tmp_path / "pool")
-    db, run_id = _ingested(tmp_path, tmp_path / "pool")
-    score_pool(db, scorer, run_id, hardness="energy", batch_size=4, workers=0)
-    rows = _score_rows(db)
+    run_id = _ingested(conn, tmp_path / "pool")
+    score_pool(conn, scorer, run_id, hardness="energy", batch_size=4, workers=0)
+    rows = _score_rows(conn)
     for row in rows.values():
         want = hardness_from(np.array([0]), np.array([row["energy_score"]]), "energy", 3)[0]
         assert row["hardness_score"] == pytest.approx(want)
-    assert rescore_hardness(db, scorer.checkpoint_sha256, "probability", 3) == len(rows)
-    assert all(r["hardness_score"] == r["top_score"] for r in _score_rows(db).values())
-    assert rescore_hardness(db, scorer.checkpoint_sha256, "probability", 3) == 0
+    assert rescore_hardness(conn, scorer.checkpoint_sha256, "probability", 3) == len(rows)
+    assert all(r["hardness_score"] == r["top_score"] for r in _score_rows(conn).values())
+    assert rescore_hardness(conn, scorer.checkpoint_sha256, "probability", 3) == 0
 
 
-def test_non_square_images_are_padded_and_the_heatmap_covers_the_image(tmp_path, scorer):
+def test_non_square_images_are_padded_and_the_heatmap_covers_the_image(tmp_path, conn, scorer):
     wide = np.concatenate([noise_image(1, 32), cue_image(0, 2, 32)], axis=1)  # 32 x 64
     save_image(wide, tmp_path / "pool" / "wide.png")
-    db, run_id = _ingested(tmp_path, tmp_path / "pool")
-    score_pool(db, scorer, run_id, batch_size=4, workers=0, heatmap_size=8)
-    row = _score_rows(db)["wide.png"]
+    run_id = _ingested(conn, tmp_path / "pool")
+    score_pool(conn, scorer, run_id, batch_size=4, workers=0, heatmap_size=8)
+    row = _score_rows(conn)["wide.png"]
     heat = store.decode_heatmap(row["heatmap"], 8)
     assert heat.max() == 255
-    with store.connect(db) as conn:
-        size = conn.execute("SELECT width, height FROM images").fetchone()
+    size = conn.execute("SELECT width, height FROM images").fetchone()
     assert tuple(size) == (64, 32)
 
 

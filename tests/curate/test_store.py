@@ -25,8 +25,8 @@ def test_open_store_creates_every_table_in_wal_mode(tmp_path):
     db = store.open_store(tmp_path / "sub" / "c.db")
     assert db.is_file() and db.is_absolute()
     assert _tables(db) == V1_TABLES
-    assert store.schema_version(db) == store.SCHEMA_VERSION == 1
     with store.connect(db) as conn:
+        assert store.schema_version(conn) == store.STORE_SCHEMA_VERSION == 1
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
@@ -40,17 +40,64 @@ def test_open_store_creates_every_table_in_wal_mode(tmp_path):
         assert store.get_meta(conn, "note") == "kept"
 
 
-def test_connect_commits_on_success_and_rolls_back_on_error(tmp_path):
+def _names(db):
+    with store.connect(db) as conn:
+        return [r["name"] for r in conn.execute("SELECT name FROM annotators ORDER BY name")]
+
+
+def test_transaction_commits_on_success_and_rolls_back_on_error(tmp_path):
     db = store.open_store(tmp_path / "c.db")
     with store.connect(db) as conn:
-        conn.execute("INSERT INTO annotators VALUES ('ana', ?)", (store.now_iso(),))
-    with pytest.raises(RuntimeError):
-        with store.connect(db, immediate=True) as conn:
-            conn.execute("INSERT INTO annotators VALUES ('bo', ?)", (store.now_iso(),))
-            raise RuntimeError("boom")
+        assert not conn.in_transaction  # connect opens no transaction
+        with store.transaction(conn):
+            conn.execute("INSERT INTO annotators VALUES ('ana', ?)", (store.now_iso(),))
+            assert conn.in_transaction
+        assert not conn.in_transaction
+        with pytest.raises(RuntimeError):
+            with store.transaction(conn, immediate=True):
+                conn.execute("INSERT INTO annotators VALUES ('bo', ?)", (store.now_iso(),))
+                raise RuntimeError("boom")
+        assert not conn.in_transaction
+        # the connection stays usable after a rollback
+        with store.transaction(conn):
+            conn.execute("INSERT INTO annotators VALUES ('cy', ?)", (store.now_iso(),))
+    assert _names(db) == ["ana", "cy"]
+
+
+def test_a_nested_transaction_is_a_savepoint(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
     with store.connect(db) as conn:
-        names = [r["name"] for r in conn.execute("SELECT name FROM annotators")]
-    assert names == ["ana"]
+        with store.transaction(conn, immediate=True):
+            conn.execute("INSERT INTO annotators VALUES ('ana', ?)", (store.now_iso(),))
+            with pytest.raises(RuntimeError):
+                with store.transaction(conn):
+                    conn.execute("INSERT INTO annotators VALUES ('bo', ?)", (store.now_iso(),))
+                    raise RuntimeError("boom")
+            with store.transaction(conn):  # the inner commit waits for the outer one
+                conn.execute("INSERT INTO annotators VALUES ('cy', ?)", (store.now_iso(),))
+            assert _names(db) == []  # another connection sees nothing before the outer COMMIT
+        assert not conn.in_transaction
+    assert _names(db) == ["ana", "cy"]
+
+
+def test_a_read_transaction_is_one_snapshot(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    with store.connect(db) as reader, store.connect(db) as writer:
+        with store.transaction(reader):
+            before = reader.execute("SELECT COUNT(*) FROM annotators").fetchone()[0]
+            with store.transaction(writer):
+                writer.execute("INSERT INTO annotators VALUES ('ana', ?)", (store.now_iso(),))
+            during = reader.execute("SELECT COUNT(*) FROM annotators").fetchone()[0]
+        after = reader.execute("SELECT COUNT(*) FROM annotators").fetchone()[0]
+    assert (before, during, after) == (0, 0, 1)
+
+
+def test_connect_closes_its_connection(tmp_path):
+    db = store.open_store(tmp_path / "c.db")
+    with store.connect(db) as conn:
+        assert store.db_path(conn) == db
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")
 
 
 def test_foreign_keys_are_enforced(tmp_path):
@@ -81,10 +128,10 @@ def test_migration_runs_pending_steps_in_order_and_keeps_data(tmp_path, monkeypa
         conn.execute("ALTER TABLE annotators ADD COLUMN team TEXT DEFAULT 'core'")
 
     monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, add_column])
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", 2)
     store.open_store(db)
-    assert store.schema_version(db) == 2
     with store.connect(db) as conn:
+        assert store.schema_version(conn) == 2
         row = conn.execute("SELECT name, team FROM annotators").fetchone()
     assert (row["name"], row["team"]) == ("ana", "core")
 
@@ -97,10 +144,11 @@ def test_failed_migration_leaves_the_store_at_its_old_version(tmp_path, monkeypa
         raise sqlite3.OperationalError("disk full")
 
     monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, broken])
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", 2)
     with pytest.raises(sqlite3.OperationalError):
         store.open_store(db)
-    assert store.schema_version(db) == 1
+    with store.connect(db) as conn:
+        assert store.schema_version(conn) == 1
     assert "half_done" not in _tables(db)
 
 
@@ -131,25 +179,24 @@ def test_classes_are_set_once_and_checked(tmp_path):
         assert store.get_classes(conn) is None
         store.ensure_classes(conn, ["train", "boat"])
         store.ensure_classes(conn, ["train", "boat"])
-    with pytest.raises(ValueError, match=r"\['train', 'bird'\].*\['train', 'boat'\]"):
-        with store.connect(db) as conn:
+        with pytest.raises(ValueError, match=r"\['train', 'bird'\].*\['train', 'boat'\]"):
             store.ensure_classes(conn, ["train", "bird"], source="ck.pt")
+        assert store.get_classes(conn) == ["train", "boat"]
 
 
 def test_runs_record_config_status_and_counts(tmp_path):
     db = store.open_store(tmp_path / "c.db")
-    run_id = store.start_run(db, "mine", {"batch_size": 8}, checkpoint_sha256="abc")
     with store.connect(db) as conn:
+        run_id = store.start_run(conn, "mine", {"batch_size": 8}, checkpoint_sha256="abc")
         row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    assert row["status"] == "running" and row["ended_at"] is None
-    assert row["checkpoint_sha256"] == "abc" and '"batch_size": 8' in row["config_json"]
-    store.finish_run(db, run_id, "done", {"scored": 3})
-    with store.connect(db) as conn:
+        assert row["status"] == "running" and row["ended_at"] is None
+        assert row["checkpoint_sha256"] == "abc" and '"batch_size": 8' in row["config_json"]
+        store.finish_run(conn, run_id, "done", {"scored": 3})
         row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    assert row["status"] == "done" and row["ended_at"] >= row["started_at"]
-    assert row["counts_json"] == '{"scored": 3}'
-    with pytest.raises(ValueError, match="run status"):
-        store.finish_run(db, run_id, "finished")
+        assert row["status"] == "done" and row["ended_at"] >= row["started_at"]
+        assert row["counts_json"] == '{"scored": 3}'
+        with pytest.raises(ValueError, match="run status"):
+            store.finish_run(conn, run_id, "finished")
 
 
 def test_roots_are_absolute_and_unique(tmp_path):
@@ -175,4 +222,17 @@ def test_blob_round_trips():
 
 
 def test_embeddings_dir_sits_beside_the_store(tmp_path):
-    assert store.embeddings_dir(tmp_path / "curation.db") == tmp_path / "curation.embeddings"
+    db = store.open_store(tmp_path / "curation.db")
+    with store.connect(db) as conn:
+        assert store.embeddings_dir(conn) == db.parent / "curation.embeddings"
+
+
+def test_delete_store_removes_the_file_its_journal_and_its_folder(tmp_path):
+    db = store.open_store(tmp_path / "curation.db")
+    with store.connect(db) as conn:
+        folder = store.embeddings_dir(conn)
+        store.set_meta(conn, "note", "x")  # a write leaves -wal/-shm beside the file
+        folder.mkdir()
+        (folder / "thumb6.f32").write_bytes(b"\0" * 8)
+    store.delete_store(db)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -1,3 +1,5 @@
+import shutil
+
 import faiss
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ from curate import store
 from curate.neighbours.vector_index import (
     EmbeddingFile,
     build_index,
+    forget_missing_vectors,
     gpu_available,
     ivf_list_count,
 )
@@ -20,6 +23,12 @@ def _unit(n, dim, seed=0):
 @pytest.fixture
 def db(tmp_path):
     return store.open_store(tmp_path / "pool.db")
+
+
+@pytest.fixture
+def conn(db):
+    with store.connect(db) as connection:
+        yield connection
 
 
 def _shas(*names):
@@ -76,90 +85,127 @@ def test_build_index_rejects_bad_arguments():
 # ---- EmbeddingFile ---------------------------------------------------------------------------
 
 
-def test_append_then_load_in_any_order(db):
+def test_append_then_load_in_any_order(db, conn):
     keys = _shas("a", "b", "c")
     vectors = _unit(3, 8)
-    file = EmbeddingFile(db, "classifier-abc", dim=8)
-    with store.connect(db) as conn:
-        assert file.append(keys, vectors, conn) == 3
+    file = EmbeddingFile(conn, "classifier-abc", dim=8)
+    with store.transaction(conn):
+        assert file.append(keys, vectors) == 3
     assert file.path == db.parent / "pool.embeddings" / "classifier-abc.f32"
     assert file.path.stat().st_size == 3 * 8 * 4
     np.testing.assert_array_equal(file.load([keys[2], keys[0]]), vectors[[2, 0]])
-    with store.connect(db) as conn:
-        rows = dict(conn.execute("SELECT sha256, row FROM embeddings").fetchall())
+    rows = dict(conn.execute("SELECT sha256, row FROM embeddings").fetchall())
     assert rows == {keys[0]: 0, keys[1]: 1, keys[2]: 2}
 
 
-def test_reappending_known_images_is_a_no_op(db):
+def test_reappending_known_images_is_a_no_op(conn):
     keys = _shas("a", "b")
-    file = EmbeddingFile(db, "clip", dim=4)
+    file = EmbeddingFile(conn, "clip", dim=4)
     vectors = _unit(2, 4)
-    with store.connect(db) as conn:
-        file.append(keys, vectors, conn)
+    with store.transaction(conn):
+        file.append(keys, vectors)
     new_key = _shas("d")[0]
-    with store.connect(db) as conn:
+    with store.transaction(conn):
         # a known key with other values, a new key twice: only the first copy of the new one lands
         added = file.append(
-            [keys[1], new_key, new_key], np.stack([vectors[0], vectors[1], vectors[0]]), conn
+            [keys[1], new_key, new_key], np.stack([vectors[0], vectors[1], vectors[0]])
         )
     assert added == 1 and file.n_rows == 3
     np.testing.assert_array_equal(file.load(keys + [new_key]), vectors[[0, 1, 1]])
 
 
-def test_load_all_is_a_memory_map_in_row_order(db):
+def test_load_all_is_a_memory_map_in_row_order(conn):
     keys = _shas("e", "f", "a")
     vectors = _unit(3, 6)
-    file = EmbeddingFile(db, "clip", dim=6)
-    with store.connect(db) as conn:
-        file.append(keys, vectors, conn)
-        got_keys, got = file.load_all(conn)
+    file = EmbeddingFile(conn, "clip", dim=6)
+    with store.transaction(conn):
+        file.append(keys, vectors)
+    got_keys, got = file.load_all()
     assert got_keys == keys
     assert isinstance(got, np.memmap)
     np.testing.assert_array_equal(np.asarray(got), vectors)
 
 
-def test_failed_transaction_leaves_no_rows_pointing_into_the_file(db):
-    file = EmbeddingFile(db, "clip", dim=4)
+def test_failed_transaction_leaves_no_rows_pointing_into_the_file(conn):
+    file = EmbeddingFile(conn, "clip", dim=4)
     lost, kept = _unit(2, 4, seed=3), _unit(2, 4, seed=4)
     with pytest.raises(RuntimeError):
-        with store.connect(db) as conn:
-            file.append(_shas("a", "b"), lost, conn)
+        with store.transaction(conn):
+            file.append(_shas("a", "b"), lost)
             raise RuntimeError("killed after writing the vectors")
-    with store.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 0
     with open(file.path, "ab") as f:
         f.write(b"\x00\x01\x02")  # and a row half-written when the process died
-    with store.connect(db) as conn:
-        assert file.append(_shas("a", "b"), kept, conn) == 2
-        keys, got = file.load_all(conn)
+    with store.transaction(conn):
+        assert file.append(_shas("a", "b"), kept) == 2
+    keys, got = file.load_all()
     assert file.path.stat().st_size == 4 * 4 * 4  # two orphan rows, then the two recorded ones
     np.testing.assert_array_equal(np.asarray(got), kept)
     np.testing.assert_array_equal(file.load(_shas("b")), kept[1:])
 
 
-def test_dimension_is_recorded_and_checked(db):
-    file = EmbeddingFile(db, "clip", dim=4)
-    with store.connect(db) as conn:
-        file.append(_shas("a"), _unit(1, 4), conn)
-    assert EmbeddingFile.open(db, "clip").dim == 4
+def test_dimension_is_recorded_and_checked(conn):
+    file = EmbeddingFile(conn, "clip", dim=4)
+    with store.transaction(conn):
+        file.append(_shas("a"), _unit(1, 4))
+    assert EmbeddingFile.open(conn, "clip").dim == 4
     with pytest.raises(ValueError, match=r"clip\.json.*dimension 4, not 8"):
-        EmbeddingFile(db, "clip", dim=8)
+        EmbeddingFile(conn, "clip", dim=8)
     with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
-        with store.connect(db) as conn:
-            file.append(_shas("b"), _unit(1, 5), conn)
-    with pytest.raises(FileNotFoundError, match="hardood mine"):
-        EmbeddingFile.open(db, "other")
+        file.append(_shas("b"), _unit(1, 5))
+    with pytest.raises(FileNotFoundError, match="no 'other' embeddings.*hardood mine"):
+        EmbeddingFile.open(conn, "other")
 
 
-def test_missing_and_damaged_rows_are_clear_errors(db):
-    file = EmbeddingFile(db, "clip", dim=4)
-    with store.connect(db) as conn:
-        file.append(_shas("a", "b"), _unit(2, 4), conn)
+def test_missing_and_damaged_rows_are_clear_errors(conn):
+    file = EmbeddingFile(conn, "clip", dim=4)
+    with store.transaction(conn):
+        file.append(_shas("a", "b"), _unit(2, 4))
     with pytest.raises(DataError, match="no 'clip' embedding.*hardood mine"):
         file.load(_shas("a", "c"))
     with open(file.path, "r+b") as f:
         f.truncate(4 * 4)  # the file lost its second row
-    with pytest.raises(ValueError, match="clip.f32.*row 1.*holds 1 rows"):
+    with pytest.raises(ValueError, match="clip.f32.*row 1.*holds 1 rows.*same checkpoint"):
         file.load(_shas("b"))
     with pytest.raises(ValueError, match="letters, digits"):
-        EmbeddingFile(db, "../escape", dim=4)
+        EmbeddingFile(conn, "../escape", dim=4)
+
+
+def test_a_store_copied_without_its_folder_says_what_is_missing(tmp_path):
+    original = store.open_store(tmp_path / "a" / "pool.db")
+    with store.connect(original) as conn:
+        with store.transaction(conn):
+            EmbeddingFile(conn, "clip", dim=4).append(_shas("a", "b"), _unit(2, 4))
+    copy = tmp_path / "b" / "pool.db"
+    copy.parent.mkdir()
+    shutil.copy(original, copy)  # the .db alone (its WAL was checkpointed at close)
+    with store.connect(copy) as conn:
+        folder = tmp_path / "b" / "pool.embeddings"
+        hint = (
+            f"its embeddings folder {folder} is missing; a store is its .db file plus the folder "
+            "pool.embeddings/ beside it; copy that folder next to the .db, or re-run "
+            "`hardood mine` with the same checkpoint to re-embed the images"
+        )
+        with pytest.raises(FileNotFoundError) as opened:
+            EmbeddingFile.open(conn, "clip")
+        assert str(opened.value) == f"{copy}: {hint}"
+        with pytest.raises(FileNotFoundError) as loaded:
+            EmbeddingFile(conn, "clip", dim=4).load(_shas("a"))
+        assert str(loaded.value) == f"{copy}: {hint}"
+        # what `hardood mine` does first: forget the rows, so scoring embeds the images again
+        assert forget_missing_vectors(conn) == {"clip": 2}
+        assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 0
+        assert forget_missing_vectors(conn) == {}
+
+
+def test_forget_missing_vectors_keeps_the_rows_a_truncated_file_still_holds(conn):
+    file = EmbeddingFile(conn, "clip", dim=4)
+    vectors = _unit(3, 4)
+    with store.transaction(conn):
+        file.append(_shas("a", "b", "c"), vectors)
+    with open(file.path, "r+b") as f:
+        f.truncate(4 * 4 + 5)  # one whole row and part of the next
+    assert forget_missing_vectors(conn) == {"clip": 2}
+    keys, got = file.load_all()
+    assert keys == _shas("a")
+    np.testing.assert_array_equal(np.asarray(got), vectors[:1])
