@@ -23,12 +23,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.neighbours.near_pairs import (  # noqa: E402
-    DEFAULT_K,
-    group_near_duplicates,
+from benches.vector_grouping import (  # noqa: E402
+    group_by_cosine,
     grouping_quality,
     threshold_sweep,
 )
+from curate.neighbours.near_pairs import DEFAULT_K  # noqa: E402
 
 TARGET_SECONDS = 600
 TARGET_GB = 6.0
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [f"{i:064x}" for i in range(args.n)]
 
     start = time.perf_counter()
-    groups = group_near_duplicates(vectors, keys, threshold=args.threshold, k=args.k)
+    groups = group_by_cosine(vectors, keys, threshold=args.threshold, k=args.k)
     seconds = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         ("planted groups / near-miss pairs", f"{args.groups:,} / {args.near_misses:,}", ""),
         ("threshold / k", f"{args.threshold} / {args.k}", ""),
         ("make data (s)", f"{made:.1f}", ""),
-        ("group_near_duplicates (s)", f"{seconds:.1f}", f"< {TARGET_SECONDS}"),
+        ("group_by_cosine (s)", f"{seconds:.1f}", f"< {TARGET_SECONDS}"),
         ("peak RSS (GB)", f"{peak_gb:.2f}", f"< {TARGET_GB}"),
         ("pair recall", f"{recall:.4f}", ""),
         ("pair false merges", f"{false_merge:.4f}", ""),

@@ -3,7 +3,7 @@
 The world's pool holds near-duplicates (JPEG re-encodes, 0.8-1.25x resizes, 3-8% crops) listed in
 ``truth/pool_truth.csv``. After ``hardood mine`` over that pool, this script reads the stored
 embeddings, labels each copy with its original and sweeps the cosine threshold of
-``curate.neighbours.near_pairs.group_near_duplicates``:
+``benches.vector_grouping.group_by_cosine``:
 
     hardood world --out world --n-pool-duplicates 300
     hardood train --preset world --voc-root world/VOC2012 --out-dir runs/world
@@ -21,23 +21,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benches.vector_grouping import (  # noqa: E402
+    DEFAULT_COSINE_THRESHOLD,
+    threshold_sweep,
+    tune_threshold,
+)
 from curate import store  # noqa: E402
-from curate.neighbours.near_pairs import DEFAULT_THRESHOLD, threshold_sweep, tune_threshold  # noqa: E402
 from curate.neighbours.similar import resolve_embedder  # noqa: E402
 from curate.neighbours.vector_index import EmbeddingFile  # noqa: E402
 from wood_train.world.truth import read_pool_truth  # noqa: E402
 
 
-def true_groups(db: Path, world: Path, keys: list[str]) -> list[str | None]:
+def duplicate_labels(conn, world: Path, keys: list[str]) -> list[str | None]:
     """Each key's original file name when it is a copy or has copies, else None."""
     truth = read_pool_truth(world)
     original_of = {r.file: r.duplicate_of for r in truth.itertuples() if r.duplicate_of}
     has_copies = set(original_of.values())
-    with store.connect(db) as conn:
-        name_of = {
-            r["sha256"]: Path(r["relpath"]).name
-            for r in conn.execute("SELECT sha256, relpath FROM image_paths ORDER BY relpath DESC")
-        }
+    name_of = {
+        r["sha256"]: Path(r["relpath"]).name
+        for r in conn.execute("SELECT sha256, relpath FROM image_paths ORDER BY relpath DESC")
+    }
     labels = []
     for key in keys:
         name = name_of.get(key)
@@ -56,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with store.connect(args.db) as conn:
         name = resolve_embedder(conn, args.embedder)
-        keys, vectors = EmbeddingFile.open(args.db, name).load_all(conn)
-    labels = true_groups(args.db, args.world, keys)
+        keys, vectors = EmbeddingFile.open(conn, name).load_all()
+        labels = duplicate_labels(conn, args.world, keys)
     n_copies = sum(label is not None for label in labels)
     print(f"{name}: {len(keys)} images, {n_copies} in {len(set(labels) - {None})} true groups")
     sweep = threshold_sweep(vectors, keys, labels)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"\nchosen threshold {threshold} (recall {recall:.4f}, false merges {false_merge:.4f}, "
-        f"limit {args.max_false_merge}); current default {DEFAULT_THRESHOLD}"
+        f"limit {args.max_false_merge}); current default {DEFAULT_COSINE_THRESHOLD}"
     )
     return 0
 

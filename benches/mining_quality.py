@@ -28,17 +28,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benches.vector_grouping import grouping_quality, threshold_sweep  # noqa: E402
 from curate import store  # noqa: E402
 from curate.mine import mine  # noqa: E402
 from curate.mine_config import PRESETS  # noqa: E402
 from curate.neighbours.near_duplicates import (  # noqa: E402
-    DEFAULT_CANDIDATE_THRESHOLD,
+    DEFAULT_DUP_CANDIDATE_THRESHOLD,
     THUMB_DIM,
     THUMB_EMBEDDER,
     candidate_pairs,
     groups_from_pairs,
 )
-from curate.neighbours.near_pairs import grouping_quality, threshold_sweep  # noqa: E402
 from curate.neighbours.vector_index import EmbeddingFile  # noqa: E402
 from curate.queue.build import first_paths, queue_frame  # noqa: E402
 from wood_train.config import replace  # noqa: E402
@@ -125,23 +125,22 @@ def ranking_table(queue: pd.DataFrame, truth: pd.DataFrame, cutoffs: list[int]) 
     return pd.DataFrame(rows)
 
 
-def dedup_quality(db: Path, truth: pd.DataFrame, classifier_embedder: str):
+def dedup_quality(conn, truth: pd.DataFrame, classifier_embedder: str):
     """Grouping quality of the stored dup_groups, and sweeps of the two ways to group."""
     info = truth.assign(group=true_groups(truth)).set_index("file")
-    with store.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT p.relpath, d.sha256, d.representative, s.hardness_score FROM dup_groups d "
-            "JOIN image_paths p USING (sha256) JOIN scores s USING (sha256)"
-        ).fetchall()
+    rows = conn.execute(
+        "SELECT p.relpath, d.sha256, d.representative, s.hardness_score FROM dup_groups d "
+        "JOIN image_paths p USING (sha256) JOIN scores s USING (sha256)"
+    ).fetchall()
     frame = pd.DataFrame([tuple(r) for r in rows], columns=["file", "sha256", "rep", "hardness"])
     frame = frame.drop_duplicates("sha256").reset_index(drop=True)
     labels = info.loc[frame["file"], "group"].to_numpy()
     recall, false_merge = grouping_quality(frame["rep"].to_numpy(), labels)
     shas = list(frame["sha256"])
-    paths = first_paths(db, shas)
+    paths = first_paths(conn, shas)
     pairs = candidate_pairs(
-        shas, EmbeddingFile(db, THUMB_EMBEDDER, THUMB_DIM).load(shas),
-        lambda sha: read_image(paths[sha]), DEFAULT_CANDIDATE_THRESHOLD,
+        shas, EmbeddingFile(conn, THUMB_EMBEDDER, THUMB_DIM).load(shas),
+        lambda sha: read_image(paths[sha]), DEFAULT_DUP_CANDIDATE_THRESHOLD,
     )  # fmt: skip
     aligned = []
     for threshold in (0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.99):
@@ -149,7 +148,7 @@ def dedup_quality(db: Path, truth: pd.DataFrame, classifier_embedder: str):
         r, f = grouping_quality(groups["representative"].to_numpy(), labels)
         aligned.append({"threshold": threshold, "recall": r, "false_merge": f})
     classifier = threshold_sweep(
-        EmbeddingFile(db, classifier_embedder, 512).load(shas), shas, labels,
+        EmbeddingFile(conn, classifier_embedder, 512).load(shas), shas, labels,
         thresholds=(0.95, 0.97, 0.99, 0.995),
     )  # fmt: skip
     return (
@@ -182,11 +181,7 @@ def main() -> int:
     print(f"baseline: {checkpoint} ({time.time() - started:.0f} s)")
 
     db = args.work_dir / "mining_quality.db"
-    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        stale.unlink(missing_ok=True)
-    import shutil
-
-    shutil.rmtree(store.embeddings_dir(db), ignore_errors=True)
+    store.delete_store(db)
     truth = read_pool_truth(world.root)
     config = replace(
         PRESETS["world"], db=db, checkpoint=checkpoint, pool=(str(world.pool_dir),),
@@ -195,7 +190,8 @@ def main() -> int:
     if args.dup_threshold is not None:
         config = replace(config, dup_threshold=args.dup_threshold)
     mine(config)
-    queue = queue_frame(db)
+    with store.connect(db) as conn:
+        queue = queue_frame(conn)
 
     info = truth.assign(group=true_groups(truth))
     m = info[info["kind"].isin(POSITIVE_KINDS)]["group"].nunique()
@@ -210,9 +206,10 @@ def main() -> int:
         embedder = conn.execute(
             "SELECT DISTINCT embedder FROM embeddings WHERE embedder LIKE 'classifier-%'"
         ).fetchone()[0]
-    recall, false_merge, aligned, classifier, n, n_pairs = dedup_quality(db, truth, embedder)
+        quality = dedup_quality(conn, truth, embedder)
+    recall, false_merge, aligned, classifier, n, n_pairs = quality
     print(f"\nnear duplicates over {n} images; {n_pairs} candidate pairs (thumbnail cosine >= "
-          f"{DEFAULT_CANDIDATE_THRESHOLD}); aligned-similarity threshold sweep:")  # fmt: skip
+          f"{DEFAULT_DUP_CANDIDATE_THRESHOLD}); aligned-similarity threshold sweep:")  # fmt: skip
     print(aligned.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print("for contrast, a cosine threshold on the classifier embeddings:")
     print(classifier.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -1,11 +1,12 @@
+"""The bench-side cosine grouping: planted copies group, near misses stay apart, sweeps pick the
+threshold that keeps every planted copy."""
+
 import numpy as np
 import pytest
 
-from curate.neighbours.near_pairs import (
-    connected_components,
-    group_near_duplicates,
+from benches.vector_grouping import (
+    group_by_cosine,
     grouping_quality,
-    near_pairs,
     threshold_sweep,
     tune_threshold,
 )
@@ -44,14 +45,9 @@ def planted():
     return x
 
 
-def test_connected_components_on_planted_graph():
-    labels = connected_components(7, np.array([5, 1, 3, 2]), np.array([6, 0, 2, 1]))
-    assert labels.tolist() == [0, 0, 0, 0, 4, 5, 5]
-
-
 def test_groups_follow_links_transitively_and_keep_near_misses_apart(planted):
     keys = _keys(60)
-    groups = group_near_duplicates(planted, keys, threshold=0.95)
+    groups = group_by_cosine(planted, keys, threshold=0.95)
     assert groups.sha256.tolist() == keys
     rep = dict(zip(groups.sha256, groups.representative))
     assert {rep[keys[i]] for i in (0, 1, 2)} == {keys[0]}
@@ -63,7 +59,7 @@ def test_groups_follow_links_transitively_and_keep_near_misses_apart(planted):
 
 
 def test_dup_score_is_the_nearest_neighbour_similarity(planted):
-    groups = group_near_duplicates(planted, _keys(60), threshold=0.95)
+    groups = group_by_cosine(planted, _keys(60), threshold=0.95)
     gram = planted @ planted.T
     np.fill_diagonal(gram, -np.inf)
     np.testing.assert_allclose(groups.dup_score, gram.max(axis=1), atol=1e-5)
@@ -76,7 +72,7 @@ def test_representative_is_highest_priority_then_smallest_key(planted):
     priority[2] = 0.8  # the cos-0.97 copy is the hardest of its group
     priority[5] = priority[6] = 0.5  # a tie between two chain members
     priority[4] = np.nan  # no score: lowest
-    groups = group_near_duplicates(planted, keys, priority, threshold=0.95)
+    groups = group_by_cosine(planted, keys, priority, threshold=0.95)
     rep = groups.set_index("sha256").representative
     assert rep[keys[0]] == rep[keys[1]] == keys[2]
     assert rep[keys[4]] == keys[5]  # keys[5] < keys[6]
@@ -84,8 +80,8 @@ def test_representative_is_highest_priority_then_smallest_key(planted):
 
 def test_unnormalised_vectors_give_the_same_groups(planted):
     scale = np.random.default_rng(3).uniform(0.5, 9.0, size=(60, 1)).astype(np.float32)
-    a = group_near_duplicates(planted, _keys(60))
-    b = group_near_duplicates(planted * scale, _keys(60))
+    a = group_by_cosine(planted, _keys(60))
+    b = group_by_cosine(planted * scale, _keys(60))
     assert a.representative.tolist() == b.representative.tolist()
     np.testing.assert_allclose(a.dup_score, b.dup_score, atol=1e-5)
 
@@ -95,29 +91,8 @@ def test_k_caps_links_per_image_but_a_dense_group_stays_connected():
     angles = np.linspace(0.0, 0.25, 30)
     arc = np.zeros((30, 8), np.float32)
     arc[:, 0], arc[:, 1] = np.cos(angles), np.sin(angles)
-    pairs = near_pairs(arc, 0.95, k=4)
-    assert np.bincount(pairs.src).max() == 4
-    groups = group_near_duplicates(arc, _keys(30), threshold=0.95, k=4)
+    groups = group_by_cosine(arc, _keys(30), threshold=0.95, k=4)
     assert set(groups.group_size) == {30}
-
-
-def test_inverted_file_search_finds_the_planted_pairs():
-    rng = np.random.default_rng(5)
-    x = _unit(6_000, 32, seed=6)
-    originals = rng.choice(6_000, size=200, replace=False)
-    copies = np.setdiff1d(np.arange(6_000), originals)[:200]
-    for o, c in zip(originals, copies):
-        x[c] = _at_cosine(x[o], 0.97, rng)
-    exact = near_pairs(x, 0.95, k=8, exact_limit=10_000)
-    ivf = near_pairs(x, 0.95, k=8, exact_limit=100)
-    planted_pairs = {tuple(sorted(p)) for p in zip(originals.tolist(), copies.tolist())}
-    for found in (exact, ivf):
-        assert {tuple(sorted(p)) for p in zip(found.src.tolist(), found.dst.tolist())} == (
-            planted_pairs
-        )
-    both = ~np.isnan(ivf.nearest)
-    assert both.all()
-    assert np.all(ivf.nearest <= exact.nearest + 1e-6)  # probing fewer cells never finds closer
 
 
 def test_grouping_quality_counts_pairs():
@@ -143,8 +118,8 @@ def test_tune_threshold_picks_the_highest_threshold_keeping_every_copy(planted):
 
 def test_bad_inputs_name_the_problem(planted):
     with pytest.raises(ValueError, match="appears more than once"):
-        group_near_duplicates(planted[:2], ["a", "a"])
+        group_by_cosine(planted[:2], ["a", "a"])
     with pytest.raises(ValueError, match="3 keys for 60 vectors"):
-        group_near_duplicates(planted, ["a", "b", "c"])
+        group_by_cosine(planted, ["a", "b", "c"])
     with pytest.raises(ValueError, match="priority has shape"):
-        group_near_duplicates(planted, _keys(60), priority=[1.0])
+        group_by_cosine(planted, _keys(60), priority=[1.0])
