@@ -83,16 +83,17 @@ def main() -> None:
 def load_jpeg(db: str, _conn, sha256: str, side: int, with_cam: bool) -> bytes:
     """The image as shown: verified bytes from a registered root, scaled, CAM on request.
 
-    Cached per (store, image, side, CAM); ``_conn`` (not part of the key) is the run's connection.
+    Cached per (store file, image, side, CAM); ``_conn``, the run's connection, is not part of
+    the key.
     """
     data, path = read_image_bytes(_conn, sha256)
     heatmap = leases.item_heatmap(_conn, sha256) if with_cam else None
     return render_jpeg(decode_image(data, path), side, heatmap)
 
 
-def show_image(db: str, conn, sha256: str, side: int, with_cam: bool) -> None:
+def show_image(conn, sha256: str, side: int, with_cam: bool) -> None:
     try:
-        st.image(load_jpeg(db, conn, sha256, side, with_cam), width="stretch")
+        st.image(load_jpeg(str(store.db_path(conn)), conn, sha256, side, with_cam), width="stretch")
     except (OSError, ValueError) as exc:  # missing, changed or undecodable file
         st.error(f"Cannot show this image: {exc}. Mark it as a bad image.")
 
@@ -197,9 +198,7 @@ def single_view(config: AnnotateConfig, conn, annotator: str) -> None:
     shown_at[item.sha256] = started
     left, right = st.columns([3, 1], gap="medium")
     with left, st.container(key=f"item__{item.sha256}"):
-        show_image(
-            str(config.db), conn, item.sha256, DISPLAY_SIDE, st.session_state[hotkeys.CAM_WIDGET]
-        )
+        show_image(conn, item.sha256, DISPLAY_SIDE, st.session_state[hotkeys.CAM_WIDGET])
     with right:
         st.markdown(f"**#{item.rank}** · {plain(item.reason)}")
         st.markdown("\n".join(f"- {plain(name)}: **{score:.2f}**" for name, score in item.top3))
@@ -236,7 +235,7 @@ def grid_view(config: AnnotateConfig, conn, annotator: str) -> None:
         columns = st.columns(4)
         for i, item in enumerate(items):
             with columns[i % 4], st.container(key=f"{hotkeys.GRID_CELL_PREFIX}{i}"):
-                show_image(str(config.db), conn, item.sha256, THUMB_SIDE, with_cam)
+                show_image(conn, item.sha256, THUMB_SIDE, with_cam)
                 key = hotkeys.grid_key_label(i)
                 st.checkbox(
                     f"{f'[{key}] ' if key else ''}{plain(item.top_class)} {item.top_score or 0:.2f}",
