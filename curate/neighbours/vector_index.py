@@ -39,10 +39,11 @@ _EMBEDDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SQL_CHUNK = 500  # stay below SQLite's bound-parameter limit
 
 
-def _missing_folder_hint(folder: Path) -> str:
-    return (
-        f"a store is its .db file plus the folder {folder.name}/ beside it; copy that folder "
-        "next to the .db, or re-run `hardood mine` with the same checkpoint to re-embed the images"
+def _missing_folder(conn: sqlite3.Connection, folder: Path) -> MissingInputError:
+    return MissingInputError(
+        f"{store.db_path(conn)}: its embeddings folder {folder} is missing (a store is its .db "
+        "file plus that folder beside it); copy the folder next to the .db, or re-run "
+        "`hardood mine` with the same checkpoint to re-embed the images"
     )
 
 
@@ -98,10 +99,7 @@ class EmbeddingFile:
         meta_path = folder / f"{embedder}.json"
         if not meta_path.is_file():
             if not folder.is_dir():
-                raise MissingInputError(
-                    f"{store.db_path(conn)}: its embeddings folder {folder} is missing; "
-                    + _missing_folder_hint(folder)
-                )
+                raise _missing_folder(conn, folder)
             raise MissingInputError(
                 f"no {embedder!r} embeddings in {folder} ({meta_path.name} is missing); "
                 "run `hardood mine` first"
@@ -190,10 +188,7 @@ class EmbeddingFile:
             return
         folder = self.path.parent
         if not folder.is_dir():
-            raise MissingInputError(
-                f"{store.db_path(self.conn)}: its embeddings folder {folder} is missing; "
-                + _missing_folder_hint(folder)
-            )
+            raise _missing_folder(self.conn, folder)
         raise DataError(
             f"{self.path}: the store points at row {int(rows.max())} but the file holds "
             f"{n_file} rows; the file was replaced or truncated. Re-run `hardood mine` with the "

@@ -339,4 +339,4 @@ def format_queue_table(frame: pd.DataFrame) -> str:
             "path": [p if p else "?" for p in frame["path"]],
         }
     )
-    return table.to_string(index=False, justify="left")
+    return table.to_string(index=False)

@@ -182,9 +182,9 @@ def test_a_store_copied_without_its_folder_says_what_is_missing(tmp_path):
     with store.connect(copy) as conn:
         folder = tmp_path / "b" / "pool.embeddings"
         hint = (
-            f"its embeddings folder {folder} is missing; a store is its .db file plus the folder "
-            "pool.embeddings/ beside it; copy that folder next to the .db, or re-run "
-            "`hardood mine` with the same checkpoint to re-embed the images"
+            f"its embeddings folder {folder} is missing (a store is its .db file plus that folder "
+            "beside it); copy the folder next to the .db, or re-run `hardood mine` with the same "
+            "checkpoint to re-embed the images"
         )
         with pytest.raises(FileNotFoundError) as opened:
             EmbeddingFile.open(conn, "clip")
