@@ -1,5 +1,6 @@
 """The manifest contract: atomic, reproducible writes and validation that names every bad row."""
 
+import codecs
 import hashlib
 import json
 
@@ -13,9 +14,11 @@ from wood_train.manifest.contract import (
     CSV_NAME,
     META_NAME,
     ManifestError,
+    escape_cell,
+    unescape_cell,
     verdict_from_votes,
 )
-from wood_train.manifest.ood_list import load_ood_list
+from wood_train.manifest.ood_list import load_ood_list, load_ood_set
 from wood_train.manifest.validate import validate_manifest
 from wood_train.manifest.write import write_manifest
 
@@ -164,6 +167,7 @@ def test_validate_reports_every_bad_row_with_line_and_path(tmp_path, images):
         f"line {n + 2} (junk/e.png): duplicate sha256 (same as line {line_of['junk/e.png']})",
         f"line {n + 2} (junk/e.png): duplicate path (same as line {line_of['junk/e.png']})",
         f"line {line_of['rails/a.png']} (rails/a.png): file bytes do not match sha256",
+        f"line {line_of['rails/a.png']} (rails/a.png): not a usable image (not_an_image",
         f"line {line_of['junk/e.png']} (junk/e.png): file not found",
         f"line {n + 2} (junk/e.png): file not found",
         f"line {n + 1} (rails/copy.png): file not found",
@@ -218,7 +222,7 @@ def test_load_reference_txt_list(tmp_path, images):
         load_ood_list(listing, image_root=images)
     assert "line 2 (missing.png): file not found" in str(info.value)
     assert "line 3 (rails/a.png): duplicate of line 1" in str(info.value)
-    with pytest.raises(ManifestError, match="no image root"):
+    with pytest.raises(ManifestError, match="pass --ood-image-root FOLDER"):
         load_ood_list(listing)
 
 
@@ -250,3 +254,165 @@ def test_load_refuses_a_manifest_with_nothing_to_train(tmp_path, images):
 def test_verdict_from_votes(policy, expected):
     votes = [(0, 0), (2, 0), (0, 1), (1, 1), (3, 1)]
     assert [verdict_from_votes(no, yes, policy) for no, yes in votes] == expected
+
+
+# ---- hostile and careless manifests (each refused with one clear problem) ------------------
+
+
+def _meta_file(out):
+    return json.loads((out / META_NAME).read_text())
+
+
+def test_deeply_nested_meta_is_refused_without_recursion_error(tmp_path, images):
+    out = write_manifest(tmp_path / "m", rows_for(images), meta_for(images))
+    meta = _meta_file(out)
+    deep = "[" * 200_000 + "]" * 200_000
+    text = json.dumps(meta)[:-1] + ', "mining_detail": ' + deep + "}"
+    (out / META_NAME).write_text(text)
+    with pytest.raises(ManifestError, match="nests objects or lists more than 32 deep"):
+        validate_manifest(out)
+    # brackets inside strings are text, not nesting
+    (out / META_NAME).write_text(json.dumps({**meta, "mining": {"note": "[" * 100}}))
+    validate_manifest(out)
+    (out / META_NAME).write_text(json.dumps({**meta, "mining": {"pad": "x" * (2 << 20)}}))
+    with pytest.raises(ManifestError, match="a manifest's meta holds at most 1048576"):
+        validate_manifest(out)
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", None])
+def test_schema_version_must_be_the_integer_1(tmp_path, images, version):
+    out = write_manifest(tmp_path / "m", rows_for(images), meta_for(images))
+    (out / META_NAME).write_text(json.dumps({**_meta_file(out), "schema_version": version}))
+    with pytest.raises(ManifestError, match=f"unknown schema_version {version!r}"):
+        validate_manifest(out)
+
+
+def test_annotators_must_be_reviewer_ids(tmp_path, images):
+    rows = rows_for(images)
+    rows["annotators"] = ["ana;ben", "ana@lab.org", "", "Ana Lopez;b-2", "x.y_z"]
+    out = write_manifest(tmp_path / "m", rows, meta_for(images))
+    assert validate_manifest(out)  # every legal spelling passes
+    line_of = dict(zip(validate_manifest(out).rows["path"], validate_manifest(out).rows["line"]))
+
+    def edit(lines):
+        for i, text in enumerate(lines):
+            if text.startswith("rails/a.png"):
+                lines[i] = text.replace("ana;ben", "\"ana;=cmd|' /C calc'!A0\"")
+
+    corrupt(out, edit)
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(out)
+    assert info.value.problems == [
+        f"line {line_of['rails/a.png']} (rails/a.png): annotators \"ana;=cmd|' /C calc'!A0\": "
+        "\"=cmd|' /C calc'!A0\" is not a reviewer id (1-64 letters, digits, spaces or . _ @ -, "
+        "starting with a letter or digit)"
+    ]
+
+
+def test_spreadsheet_escaped_cells_read_back_exactly(tmp_path, images):
+    (images / "=HYPERLINK(x).png").write_bytes((images / "rails/a.png").read_bytes())
+    rows = rows_for(images).iloc[1:].copy()  # the renamed copy replaces rails/a.png
+    rows.loc[len(rows) + 1] = {**rows_for(images).iloc[0].to_dict(), "path": "=HYPERLINK(x).png"}
+    out = write_manifest(tmp_path / "m", rows, meta_for(images))
+
+    def edit(lines):  # the escaped form an export writes for a spreadsheet (SCHEMA.md)
+        for i, text in enumerate(lines):
+            if text.startswith("=HYPERLINK"):
+                lines[i] = escape_cell("=HYPERLINK(x).png") + text[len("=HYPERLINK(x).png") :]
+
+    corrupt(out, edit)
+    assert "'=HYPERLINK(x).png," in (out / CSV_NAME).read_text()
+    loaded = validate_manifest(out)
+    assert images / "=HYPERLINK(x).png" in loaded.ood_paths
+    for text in ("=1+2", "+1", "-x", "@SUM(A1)", "\tq", "\rq", "'=a", "''=a", "'plain", "plain"):
+        assert unescape_cell(escape_cell(text)) == text
+
+
+def test_empty_manifests_are_refused_up_front(tmp_path, images):
+    out = write_manifest(tmp_path / "m", rows_for(images), meta_for(images))
+    header = (out / CSV_NAME).read_text().splitlines()[0]
+    for text, message in [
+        ("", "manifest.csv is empty (0 bytes): no header and no rows"),
+        (header + "\n", "manifest.csv has a header but no rows: nothing was reviewed"),
+    ]:
+        (out / CSV_NAME).write_text(text)
+        with pytest.raises(ManifestError) as info:
+            validate_manifest(out)
+        assert info.value.problems == [message]
+
+
+def test_a_utf8_byte_order_mark_is_read(tmp_path, images):
+    out = write_manifest(tmp_path / "m", rows_for(images), meta_for(images))
+    (out / CSV_NAME).write_bytes(codecs.BOM_UTF8 + (out / CSV_NAME).read_bytes())
+    (out / META_NAME).write_bytes(codecs.BOM_UTF8 + (out / META_NAME).read_bytes())
+    assert len(validate_manifest(out).ood_paths) == 2
+
+
+def test_non_utf8_manifest_names_the_line(tmp_path, images):
+    out = write_manifest(tmp_path / "m", rows_for(images), meta_for(images))
+    lines = (out / CSV_NAME).read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b"ana;ben", b"ana;b\xe9n")  # Latin-1 e-acute
+    (out / CSV_NAME).write_bytes(b"\n".join(lines))
+    column = lines[3].index(b"\xe9") + 1
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(out)
+    assert info.value.problems == [
+        f"line 4: byte 0xe9 at column {column} is not UTF-8; save manifest.csv as UTF-8"
+    ]
+
+
+def test_a_repeated_header_column_is_one_error(tmp_path, images):
+    out = write_manifest(tmp_path / "m", rows_for(images), meta_for(images))
+    corrupt(out, lambda lines: lines.__setitem__(0, lines[0] + ",path"))
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(out)
+    assert info.value.problems == ["line 1: the header names column(s) ['path'] more than once"]
+
+
+def test_a_text_file_named_like_an_image_is_refused_at_validation(tmp_path, images):
+    rows = rows_for(images)
+    (images / "rails/a.png").write_text("not an image at all\n")
+    rows.loc[0, "sha256"] = hashlib.sha256((images / "rails/a.png").read_bytes()).hexdigest()
+    out = write_manifest(tmp_path / "m", rows, meta_for(images))
+    line = dict(zip(*[validate_manifest(out, check_files=False).rows[c] for c in ("path", "line")]))
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(out)
+    assert info.value.problems == [
+        f"line {line['rails/a.png']} (rails/a.png): not a usable image (not_an_image: "
+        "the header is not a known image format)"
+    ]
+    listing = tmp_path / "ood_list.txt"
+    listing.write_text("rails/a.png\nrails/d.png\n")
+    with pytest.raises(ManifestError, match=r"line 1 \(rails/a.png\): not a usable image"):
+        load_ood_list(listing, image_root=images)
+
+
+def test_ood_set_records_content_and_refuses_training_images(tmp_path, images):
+    out = write_manifest(tmp_path / "m", rows_for(images), meta_for(images))
+    ood = load_ood_set(out, expected_classes=CLASSES)
+    record = ood.record()
+    assert record["num_images"] == 2 and record["label_policy"] == "majority"
+    assert record["provenance"]["mining"] == {"pool": "test", "score_threshold": 0.5}
+    assert record["provenance"]["scoring_checkpoint_sha256"] == "ab" * 32
+    before = record["content_sha256"]
+    corrupt(out, lambda lines: lines.__setitem__(-1, lines[-1]))  # same bytes: same hash
+    assert load_ood_set(out).content_sha256 == before
+    write_manifest(out, rows_for(images).iloc[:4], meta_for(images), force=True)
+    assert load_ood_set(out).content_sha256 != before
+    # a training image behind a symlink (or a copy) is the same content: refused, named
+    training = tmp_path / "voc" / "JPEGImages"
+    training.mkdir(parents=True)
+    (training / "img7.png").write_bytes((images / "rails/d.png").read_bytes())
+    (training / "other.png").write_bytes((images / "sky/c.png").read_bytes()[:-1] + b"x")
+    (images / "link.png").symlink_to(training / "img7.png")
+    listing = tmp_path / "ood_list.txt"
+    listing.write_text("rails/a.png\nlink.png\n")
+    with pytest.raises(ManifestError) as info:
+        load_ood_set(listing, images, training_images=sorted(training.iterdir()))
+    assert info.value.problems == [
+        f"line 2 ({images / 'link.png'}): the same image as training image "
+        f"{training / 'img7.png'}; a hard OoD must not be an in-distribution training image "
+        "(drop the row, or the image from the training split)"
+    ]
+    with pytest.raises(ManifestError, match=r"line \d+ \(.*rails/d.png\): the same image as"):
+        load_ood_set(out, training_images=[training / "img7.png"])

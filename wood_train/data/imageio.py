@@ -110,6 +110,36 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return decode_image(data, path, max_pixels)
 
 
+def probe_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """Check that a file is an image from its header alone; returns its (width, height).
+
+    Cheap (Pillow reads a few kilobytes, not the pixels), so validation can look at every file
+    of a list: a text file named ``.jpg`` raises ``ImageDecodeError`` here, before training.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(path, "empty_file")
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            width, height = img.size
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            path, "not_an_image", "the header is not a known image format"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(path, "too_large", str(exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(path, "unreadable", str(exc)) from None
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(path, "unreadable", f"the header says {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise ImageDecodeError(path, "too_large", f"{width}x{height} pixels > {max_pixels}")
+    return width, height
+
+
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a palette/grayscale label PNG (VOC SegmentationClass) as an (H, W) uint8 index array."""
     path = Path(path)

@@ -39,8 +39,20 @@ META_KEYS = (
     "scoring_checkpoint_sha256", "mining", "label_policy",
 )  # fmt: skip
 ANNOTATOR_SEPARATOR = ";"
+# One reviewer id in the ``annotators`` cell: the names the review app signs in with. No
+# spreadsheet formula (``=cmd|' /C calc'!A0``) fits this pattern.
+ANNOTATOR_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
 DEFAULT_MAX_ERRORS = 20
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+# manifest.meta.json holds settings, not data: a bigger or deeper file is refused unread.
+MAX_META_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+# OWASP's CSV-injection rule: a text cell starting with one of these is written with a leading
+# "'" so a spreadsheet shows it as text (see ``escape_cell``).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = "[" + re.escape("".join(FORMULA_PREFIXES)) + "]"
+_ESCAPED = re.compile("'+" + _FORMULA_START)
+_NEEDS_ESCAPE = re.compile("'*" + _FORMULA_START)
 _HASH_CHUNK = 1 << 20
 
 
@@ -77,6 +89,7 @@ class LoadedManifest:
     rows: pd.DataFrame
     image_root: Path
     ood_paths: list[Path]
+    content_sha256: str  # SHA-256 of manifest.csv and manifest.meta.json, as read
 
 
 def verdict_from_votes(
@@ -105,6 +118,21 @@ def verdict_from_votes(
             return "contains_foreground"
         return "no_foreground" if no > 0 else "unsure"
     raise ConfigError(f"unknown label_policy {policy!r}; choose one of {LABEL_POLICIES}")
+
+
+def escape_cell(text: str) -> str:
+    """A text cell as written to a spreadsheet-safe CSV: one more leading "'" when it starts
+    with a formula character (after any "'"s), so ``unescape_cell`` reads back exactly ``text``.
+
+    >>> escape_cell("=HYPERLINK(x)"), escape_cell("'=a"), escape_cell("'plain")
+    ("'=HYPERLINK(x)", "''=a", "'plain")
+    """
+    return "'" + text if _NEEDS_ESCAPE.match(text) else text
+
+
+def unescape_cell(text: str) -> str:
+    """The inverse of ``escape_cell``: drop exactly one leading "'" before a formula character."""
+    return text[1:] if _ESCAPED.match(text) else text
 
 
 def file_sha256(path: str | Path) -> str:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
+import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from wood_train.data.imageio import ImageDecodeError, probe_image
 from wood_train.errors import MissingInputError
 from wood_train.manifest.contract import (
+    ANNOTATOR_PATTERN,
     ANNOTATOR_SEPARATOR,
     COLUMNS,
     CSV_NAME,
     DEFAULT_MAX_ERRORS,
     LABEL_POLICIES,
+    MAX_JSON_DEPTH,
+    MAX_META_BYTES,
     META_KEYS,
     META_NAME,
     SHA256_PATTERN,
@@ -26,6 +34,7 @@ from wood_train.manifest.contract import (
     LoadedManifest,
     ManifestError,
     file_sha256,
+    unescape_cell,
     verdict_from_votes,
 )
 from wood_train.progress import progress
@@ -125,6 +134,15 @@ def check_rows(
                     f"{votes[1]} contains_foreground) under label_policy {policy!r}, "
                     f"which gives {expected!r}"
                 )
+        bad_ids = [
+            a for a in str(row["annotators"]).split(ANNOTATOR_SEPARATOR)
+            if a and not ANNOTATOR_PATTERN.fullmatch(a)
+        ]  # fmt: skip
+        if bad_ids:
+            row_problems.append(
+                f"annotators {row['annotators']!r}: {bad_ids[0]!r} is not a reviewer id (1-64 "
+                "letters, digits, spaces or . _ @ -, starting with a letter or digit)"
+            )
         for key in ("sha256", "path"):
             value = str(row[key])
             if not value:
@@ -176,24 +194,88 @@ def _manifest_folder(path: str | Path) -> Path:
     )
 
 
-def _read_csv(path: Path) -> tuple[pd.DataFrame, list[int], list[str]]:
-    """Rows as strings, the CSV line each row ends on (header is line 1), and malformed lines."""
-    header, records, lines, problems = list(COLUMNS), [], [], []
+def _read_meta(meta_path: Path) -> tuple[Any, bytes, list[str]]:
+    """The meta JSON, bounded: a file over ``MAX_META_BYTES`` or nested deeper than
+    ``MAX_JSON_DEPTH`` is refused before ``json`` parses it (deep nesting is a RecursionError)."""
+    size = meta_path.stat().st_size
+    if size > MAX_META_BYTES:
+        return None, b"", [f"{META_NAME} is {size} bytes; a manifest's meta holds at most {MAX_META_BYTES}"]  # fmt: skip
+    data = meta_path.read_bytes()
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None) or header
-            for record in reader:
-                if record and len(record) != len(header):
-                    problems.append(
-                        f"line {reader.line_num}: {len(record)} fields, header has {len(header)}"
-                    )
-                elif record:
-                    records.append(record)
-                    lines.append(reader.line_num)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        problems.append(f"{CSV_NAME} is not a readable UTF-8 CSV ({exc})")
-    return pd.DataFrame(records, columns=header, dtype=str), lines, problems
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return None, data, [f"{META_NAME} is not UTF-8 (byte {exc.start})"]
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        return (
+            None,
+            data,
+            [
+                f"{META_NAME} nests objects or lists more than {MAX_JSON_DEPTH} deep; "
+                "a manifest's meta is a flat record of settings"
+            ],
+        )
+    try:
+        return json.loads(text), data, []
+    except json.JSONDecodeError as exc:
+        return None, data, [f"{META_NAME} is not valid JSON ({exc})"]
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of [ and { in a JSON text (strings skipped), without recursion."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+    return deepest
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[int], list[str], bytes]:
+    """Rows as strings, the CSV line each row ends on (header is line 1), problems, raw bytes.
+
+    The rows are None when the file cannot be read as a table at all (empty, not UTF-8, a
+    repeated column name): one problem then says why, instead of one per row. Cells are read
+    back from their spreadsheet-safe form (``unescape_cell``); a UTF-8 byte-order mark is skipped.
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        return None, [], [f"{CSV_NAME} is empty ({len(data)} bytes): no header and no rows"], data
+    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (body.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = body[exc.start : exc.start + 1].hex()
+        return None, [], [
+            f"line {line}: byte 0x{byte} at column {column} is not UTF-8; "
+            f"save {CSV_NAME} as UTF-8"
+        ], data  # fmt: skip
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records, lines, problems = [], [], []
+    try:
+        header = [unescape_cell(c) for c in next(reader, [])]
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            return None, [], [f"line 1: the header names column(s) {repeated} more than once"], data
+        for record in reader:
+            if record and len(record) != len(header):
+                problems.append(
+                    f"line {reader.line_num}: {len(record)} fields, header has {len(header)}"
+                )
+            elif record:
+                records.append([unescape_cell(c) for c in record])
+                lines.append(reader.line_num)
+    except csv.Error as exc:
+        problems.append(f"line {reader.line_num}: not a readable CSV line ({exc})")
+    if not records and not problems:
+        problems.append(f"{CSV_NAME} has a header but no rows: nothing was reviewed")
+    return pd.DataFrame(records, columns=header, dtype=str), lines, problems, data
 
 
 def validate_manifest(
@@ -233,26 +315,27 @@ def validate_manifest(
     absent = [p.name for p in (csv_path, meta_path) if not p.is_file()]
     if absent:
         raise ManifestError(folder, [f"missing {name}" for name in absent], max_errors)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(
-            folder, [f"{META_NAME} is not valid JSON ({exc})"], max_errors
-        ) from None
+    meta, meta_bytes, problems = _read_meta(meta_path)
+    if problems:
+        raise ManifestError(folder, problems, max_errors)
     if not isinstance(meta, dict):
         raise ManifestError(folder, [f"{META_NAME} must hold a JSON object"], max_errors)
     version = meta.get("schema_version")
-    if version not in SUPPORTED_VERSIONS:
+    # type() rather than isinstance: JSON true is a Python bool, and True == 1
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise ManifestError(
             folder,
             [
-                f"unknown schema_version {version!r}; this hardood reads "
+                f"unknown schema_version {version!r}; this hardood reads the integer(s) "
                 f"{list(SUPPORTED_VERSIONS)} (upgrade hardood or rebuild the manifest)"
             ],
             max_errors,
         )
-    rows, lines, problems = _read_csv(csv_path)
-    problems = check_meta(meta, expected_classes) + problems + check_rows(rows, lines, meta)
+    rows, lines, csv_problems, csv_bytes = _read_csv(csv_path)
+    problems = check_meta(meta, expected_classes) + csv_problems
+    if rows is None:
+        raise ManifestError(folder, problems, max_errors)
+    problems += check_rows(rows, lines, meta)
 
     image_root = Path(str(meta.get("image_root", "")))
     if not image_root.is_absolute():
@@ -265,6 +348,9 @@ def validate_manifest(
     if problems:
         raise ManifestError(folder, problems, max_errors)
 
+    digest = hashlib.sha256()
+    for blob in (csv_bytes, meta_bytes):
+        digest.update(hashlib.sha256(blob).digest())
     rows = rows.assign(
         top_score=rows["top_score"].astype(float),
         votes_no_foreground=rows["votes_no_foreground"].astype(float).astype(int),
@@ -272,7 +358,7 @@ def validate_manifest(
         line=lines,
     )
     ood_paths = [image_root / p for p in rows.loc[rows["verdict"] == TRAINED_VERDICT, "path"]]
-    return LoadedManifest(meta=meta, rows=rows, image_root=image_root, ood_paths=ood_paths)
+    return LoadedManifest(meta, rows, image_root, ood_paths, digest.hexdigest())
 
 
 def _check_files(
@@ -287,9 +373,23 @@ def _check_files(
         file = image_root / rel
         if not file.is_file():
             problems.append(f"line {line} ({rel}): file not found under {image_root}")
-        elif check_hashes and SHA256_PATTERN.match(sha) and file_sha256(file) != sha:
+            continue
+        if check_hashes and SHA256_PATTERN.match(sha) and file_sha256(file) != sha:
             problems.append(
                 f"line {line} ({rel}): file bytes do not match sha256 "
                 "(the image changed since review)"
             )
+        problem = image_header_problem(file)
+        if problem:
+            problems.append(f"line {line} ({rel}): {problem}")
     return problems
+
+
+def image_header_problem(path: Path) -> str | None:
+    """Why ``path`` is not an image, from its header alone (None when it looks like one)."""
+    try:
+        probe_image(path)
+    except ImageDecodeError as exc:
+        detail = f": {exc.detail}" if exc.detail else ""
+        return f"not a usable image ({exc.reason}{detail})"
+    return None
