@@ -27,3 +27,7 @@ class MissingInputError(HardoodError, FileNotFoundError):
 
 class OutputExistsError(HardoodError, FileExistsError):
     """An output that is already there and would be replaced (use --force, or another path)."""
+
+
+class DivergedError(HardoodError, FloatingPointError):
+    """Training met a NaN or inf (a loss term, the gradient or the weights) and stopped."""

@@ -40,6 +40,7 @@ from curate.neighbours.near_duplicates import THUMB_DIM, THUMB_EMBEDDER
 from curate.score.pending import PendingImages, collate_scoring, count_pending
 from wood_train.device import autocast, pin_memory
 from wood_train.errors import ConfigError
+from wood_train.model.finite import check_finite_outputs
 from wood_train.progress import progress
 
 WORLD_IMAGE_SIZE = 64
@@ -212,6 +213,7 @@ def score_pool(
             with torch.inference_mode(), autocast(scorer.device, amp):
                 x = batch["x"].to(scorer.device, non_blocking=True)
                 result = score_batch(scorer.model, x, batch["valid"], heatmap_size)
+            check_finite_outputs(result, f"checkpoint {scorer.checkpoint_sha256[:12]}")
             result["hardness_score"] = hardness_from(
                 result["top_score"], result["energy_score"], hardness, len(scorer.class_names)
             )

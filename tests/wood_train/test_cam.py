@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -215,3 +217,40 @@ def test_cli_runs_and_prints_a_summary(voc_world, tmp_path, capsys):
     assert args.func(args) == 0
     assert "0 written, 3 already present" in capsys.readouterr().out
     assert len(list((tmp_path / "c" / "overlays").glob("*.png"))) == 3
+
+
+def test_a_parent_folder_is_not_a_voc_root(voc_world, tmp_path):
+    root, checkpoint = voc_world  # root is tmp_path / "voc": its parent holds it
+    config = CamConfig(checkpoint=checkpoint, voc_root=root.parent, out_dir=tmp_path / "c")
+    with pytest.raises(FileNotFoundError) as info:
+        make_cams(config)
+    assert f"--voc-root {root.parent} is not a VOC root" in str(info.value)
+    assert f"did you mean --voc-root {root}?" in str(info.value)
+    assert not (tmp_path / "c").exists()
+
+
+def _diverged_checkpoint(path, weight):
+    torch.manual_seed(0)
+    model = build_cam_net("resnet18", num_classes=len(NAMES), output_stride=16)
+    with torch.no_grad():
+        model.classifier.weight.fill_(weight)
+    save_checkpoint(path, model, NAMES, {})
+    return path
+
+
+@pytest.mark.parametrize(
+    "weight, message",
+    [
+        (float("nan"), "weight tensor(s) hold NaN or inf (first: classifier.weight)"),
+        # finite weights whose logits overflow float32: caught on the first image's outputs
+        (3e38, "the model computes NaN or inf (logits, CAM) on the images given"),
+    ],
+)
+def test_make_cams_refuses_a_diverged_model_before_writing(voc_world, tmp_path, weight, message):
+    root, _ = voc_world
+    checkpoint = _diverged_checkpoint(tmp_path / "diverged.pt", weight)
+    config = CamConfig(checkpoint=checkpoint, voc_root=root, out_dir=tmp_path / "c", num_workers=0)
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        make_cams(config)
+    assert "\n" not in str(info.value) and "--lr" in str(info.value)
+    assert not list((tmp_path / "c").glob("*.npy"))

@@ -35,6 +35,7 @@ from wood_train.device import pin_memory, resolve_device
 from wood_train.errors import ConfigError, DataError, MissingInputError, OutputExistsError
 from wood_train.model.cam_net import CamNet
 from wood_train.model.checkpoint import load_cam_net
+from wood_train.model.finite import check_finite_outputs
 from wood_train.progress import progress
 
 NORM_EPS = 1e-5  # added to each map's maximum before dividing (IRN)
@@ -210,8 +211,7 @@ def _validated(config: CamConfig) -> CamConfig:
         raise ConfigError(f"scales must be positive numbers, got {config.scales}")
     if not 0.0 <= config.overlay_alpha <= 1.0:
         raise ConfigError(f"overlay_alpha must be in [0, 1], got {config.overlay_alpha}")
-    if not Path(config.voc_root).is_dir():
-        raise MissingInputError(f"VOC root not found: {config.voc_root}")
+    voc.check_voc_root(config.voc_root)
     return config
 
 
@@ -249,8 +249,14 @@ def make_cams(config: CamConfig) -> Path:
         num_workers=config.num_workers if todo else 0,
         pin_memory=pin_memory(device),
     )
-    for item in progress(loader, total=len(todo), desc=f"cam {config.split}", unit="img"):
+    for n, item in enumerate(
+        progress(loader, total=len(todo), desc=f"cam {config.split}", unit="img")
+    ):
         keys, high_res = compute_cam(model, item["images"], item["size"], item["label"])
+        if n == 0:  # a diverged model: one clear line, no NaN CAMs on disk
+            with torch.no_grad():
+                logits = model(item["images"][0].to(device))
+            check_finite_outputs({"logits": logits, "CAM": high_res}, str(config.checkpoint))
         save_cam(out_dir / f"{item['id']}.npy", keys, high_res)
     if config.overlays:
         _write_missing_overlays(config, ids, out_dir)

@@ -40,16 +40,52 @@ def read_class_names(voc_root: str | Path) -> list[str]:
     return names
 
 
+VOC_ROOT_PARTS = ("JPEGImages", "ImageSets/Segmentation")
+
+
+def check_voc_root(voc_root: str | Path, flag: str = "--voc-root") -> Path:
+    """Refuse a folder that is not a VOC-layout root; name the one inside it when there is one.
+
+    ``runs/world`` (the world's folder) holds the root ``runs/world/VOC2012``: a user who passes
+    the parent gets told so, instead of an error about class counts or missing files later.
+    """
+    root = Path(voc_root)
+    if not root.is_dir():
+        raise MissingInputError(f"{flag} {root}: folder not found")
+    missing = [part for part in VOC_ROOT_PARTS if not (root / part).is_dir()]
+    if missing:
+        inside = sorted(
+            str(c) for c in root.iterdir() if all((c / part).is_dir() for part in VOC_ROOT_PARTS)
+        )
+        hint = f"; did you mean {flag} {inside[0]}?" if inside else ""
+        raise MissingInputError(
+            f"{flag} {root} is not a VOC root (no {' or '.join(f'{m}/' for m in missing)} "
+            f"inside){hint}"
+        )
+    return root
+
+
+def split_names(voc_root: str | Path) -> list[str]:
+    """The split lists a VOC root offers (``ImageSets/Segmentation/*.txt``)."""
+    folder = Path(voc_root) / "ImageSets" / "Segmentation"
+    return sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+
+
+def split_path(voc_root: str | Path, split: str) -> Path:
+    """The list file of a split: ``ImageSets/Segmentation/<split>.txt``, or ``split`` itself
+    when it names an existing ``.txt`` file."""
+    candidate = Path(split)
+    if candidate.suffix == ".txt" and candidate.is_file():
+        return candidate
+    return Path(voc_root) / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+
 def read_split(voc_root: str | Path, split: str) -> list[str]:
     """Image ids of a split: ``ImageSets/Segmentation/<split>.txt`` or a path to a list file."""
-    candidate = Path(split)
-    path = (
-        candidate
-        if candidate.suffix == ".txt" and candidate.is_file()
-        else (Path(voc_root) / "ImageSets" / "Segmentation" / f"{split}.txt")
-    )
+    path = split_path(voc_root, split)
     if not path.is_file():
-        raise MissingInputError(f"split list not found: {path}")
+        offered = ", ".join(split_names(voc_root)) or "none"
+        raise MissingInputError(f"split list not found: {path} (splits in {voc_root}: {offered})")
     # IRN's train_aug lists may hold "JPEGImages/x.jpg SegmentationClassAug/x.png" pairs
     ids = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
     if not ids:

@@ -21,6 +21,7 @@ import torch
 
 from wood_train.errors import DataError, MissingInputError
 from wood_train.model.cam_net import CamNet, build_cam_net
+from wood_train.model.finite import check_finite_weights
 
 FORMAT = "hardood-camnet/1"
 
@@ -83,6 +84,7 @@ def load_cam_net(
     """Rebuild the model from a checkpoint; returns (model in eval mode, checkpoint dict without weights).
 
     ``frozen_bn`` overrides the saved setting (W-OoD continues a trainable-BN baseline with frozen BN).
+    Weights holding NaN or inf (a diverged run) are refused with a ``DataError``.
     """
     payload = read_checkpoint(path)
     args = dict(payload["model_args"])
@@ -97,5 +99,6 @@ def load_cam_net(
         raise DataError(
             f"{path}: weights do not match the model; missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    check_finite_weights(model, str(path))
     payload["path"] = str(path)
     return model.to(device).eval(), payload
