@@ -1,12 +1,16 @@
 """What W-OoD costs per step, and what the vectorised distance loss saves.
 
-(a) One W-OoD step (ID forward + BCE + distance loss + adversarial climb on the OoD batch + OoD
-    loss + backward + SGD step) against one baseline step (ID forward + BCE + backward + step),
-    same model, same batch, interleaved in one run.
+(a) One W-OoD step against one baseline step, both run by the trainer's own ``train_step`` (the
+    code ``hardood train`` runs): W-OoD = adversarial climb on the OoD batch + one forward over the
+    ID and climbed OoD batches + BCE + distance loss + OoD loss + backward + divergence check +
+    SGD step; baseline = ID forward + BCE + backward + divergence check + step. Same model, same
+    batch, interleaved in one run. Target: W-OoD <= 2.5x the baseline.
 (b) ``distance_loss`` forward + backward against two loop transcriptions of WOOD_SPEC section 3 at
     C=20, K=50, B=16, D=2048: one Python iteration per class and per centre (each vectorised over
     the batch, as the reference's distance code is written), and one per (sample, class/centre)
-    pair. The vectorised loss must be at least 10x faster than the per-class loop.
+    pair. ``distance_loss`` runs as in training, on targets prepared once per refresh
+    (``distance_targets``); a second row prepares them in every call. The vectorised loss must be
+    at least 10x faster than the per-class loop.
 
 Usage::
 
@@ -21,22 +25,17 @@ import gc
 import statistics
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 
+from wood_train import config as cfg
 from wood_train.model.cam_net import BACKBONES, build_cam_net
-from wood_train.wood.losses import (
-    DEFAULT_CLIMB_EPS,
-    DEFAULT_QUANTILE,
-    adversarial_climb,
-    classification_loss,
-    distance_loss,
-    ood_loss,
-)
+from wood_train.train import train_step
+from wood_train.train_config import PRESETS
+from wood_train.wood.losses import DEFAULT_QUANTILE, distance_loss, distance_targets
 
-# WOOD_SPEC section 3 reference defaults
-DISTANCE_WEIGHT = 0.007
-OOD_WEIGHT = 0.25
+# WOOD_SPEC section 3 reference defaults (the voc12 preset: lambda 0.007, beta 0.25, q, eps)
 NUM_CLASSES = 20
 NUM_CENTERS = 50
 BATCH = 16
@@ -95,6 +94,8 @@ def step_benchmark(args: argparse.Namespace) -> dict[str, float]:
     optimizer = torch.optim.SGD(
         [{"params": backbone_params}, {"params": classifier_params}], lr=LEARNING_RATE
     )
+    config = cfg.replace(PRESETS["voc12"], lr=LEARNING_RATE, batch_size=args.batch,
+                         ood_batch_size=args.batch)  # fmt: skip
     shape = (args.batch, 3, args.size, args.size)
     x, x_ood = torch.randn(shape, device=args.device), torch.randn(shape, device=args.device)
     y = (torch.rand(args.batch, NUM_CLASSES, device=args.device) < 0.15).float()
@@ -104,23 +105,14 @@ def step_benchmark(args: argparse.Namespace) -> dict[str, float]:
     dim = model.feature_dim
     prototypes = z.mean(0) + 0.1 * torch.randn(NUM_CLASSES, dim, device=args.device)
     ood_centers = z.mean(0) + 0.1 * torch.randn(NUM_CENTERS, dim, device=args.device)
+    # what train_step reads from the W-OoD state (wood_train.wood.objective.WoodObjective)
+    wood = SimpleNamespace(targets=distance_targets(prototypes, ood_centers), ignore=[])
 
     def baseline_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = classification_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
+        train_step(model, model, optimizer, x, y, None, None, config, step=1)
 
     def wood_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logits, z = model.forward_features(x)
-        loss_cls = classification_loss(logits, y)
-        loss_dist, _ = distance_loss(z, y, prototypes, ood_centers, DEFAULT_QUANTILE)
-        x_adv = adversarial_climb(model, x_ood, DEFAULT_CLIMB_EPS)
-        loss_ood = ood_loss(model(x_adv))
-        loss = loss_cls + DISTANCE_WEIGHT * loss_dist + OOD_WEIGHT * loss_ood
-        loss.backward()
-        optimizer.step()
+        train_step(model, model, optimizer, x, y, x_ood, wood, config, step=1)
 
     return interleaved_times(
         {"baseline step": baseline_step, "W-OoD step": wood_step},
@@ -182,19 +174,26 @@ def distance_benchmark(args: argparse.Namespace) -> tuple[dict[str, float], floa
     prototypes = torch.randn(NUM_CLASSES, FEATURE_DIM, generator=gen).abs().to(args.device)
     ood_centers = torch.randn(NUM_CENTERS, FEATURE_DIM, generator=gen).abs().to(args.device)
 
+    targets = distance_targets(prototypes, ood_centers)  # as training: once per refresh
+
+    def ours(z, labels, prototypes, ood_centers, quantile):
+        return distance_loss(z, labels, targets, quantile)[0]
+
+    def ours_unprepared(z, labels, prototypes, ood_centers, quantile):
+        return distance_loss(z, labels, distance_targets(prototypes, ood_centers), quantile)[0]
+
     def run(fn):
         def forward_backward():
             z = z0.clone().requires_grad_(True)
             loss = fn(z, labels, prototypes, ood_centers, DEFAULT_QUANTILE)
-            if isinstance(loss, tuple):
-                loss = loss[0]
             loss.backward()
             return loss.detach(), z.grad
 
         return forward_backward
 
     fns = {
-        "distance_loss (vectorised)": run(distance_loss),
+        "distance_loss (vectorised)": run(ours),
+        "  + distance_targets each call": run(ours_unprepared),
         "per-class/centre loop": run(distance_per_class_loop),
         "per-pair loop": run(distance_per_pair_loop),
     }

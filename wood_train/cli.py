@@ -59,14 +59,19 @@ def add_train(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from wood_train.train import train
 
-    result = train(cfg.config_from_args(args, TrainConfig, TRAIN_PRESETS))
-    metrics = ", ".join(
-        f"{k} {v:.4f}" for k, v in result.val_metrics.items() if isinstance(v, float)
+    config = cfg.config_from_args(args, TrainConfig, TRAIN_PRESETS)
+    result = train(config)
+    metrics = "".join(
+        f"; {k} {v:.4f}" for k, v in result.val_metrics.items() if isinstance(v, float)
     )
-    print(
-        f"train: {result.checkpoint} (epoch {result.selected_epoch + 1} selected; {metrics}; "
-        f"{result.seconds:.0f} s)"
-    )
+    selected = f"epoch {result.selected_epoch} of {config.epochs} selected{metrics}"
+    if result.status == "reused":
+        print(
+            f"train: reused {result.checkpoint}, a finished run of this config and these inputs "
+            f"({selected}); use another --out-dir to train again"
+        )
+    else:
+        print(f"train: {result.checkpoint} ({selected}; {result.seconds:.0f} s)")
     return 0
 
 

@@ -10,11 +10,14 @@ from pathlib import Path
 class RunLog:
     """Append rows to ``train_log.csv`` (steps) and ``epochs.jsonl`` (validation per epoch).
 
-    On resume, step rows past ``resume_step`` (written after the last checkpoint) are dropped so the
-    log of a resumed run equals that of an uninterrupted one.
+    On resume, step rows past ``resume_step`` and epoch rows past ``resume_epoch`` (written after
+    the last checkpoint) are dropped, so the log of a resumed run equals that of an uninterrupted
+    one. Epochs are numbered from 1.
     """
 
-    def __init__(self, path: str | Path, enabled: bool = True, resume_step: int = 0):
+    def __init__(
+        self, path: str | Path, enabled: bool = True, resume_step: int = 0, resume_epoch: int = 0
+    ):
         self.path = Path(path)
         self.epochs_path = self.path.with_name("epochs.jsonl")
         self.enabled = enabled
@@ -30,6 +33,12 @@ class RunLog:
             if rows:
                 self.fields = list(rows[0].keys())
                 self._rewrite(rows)
+            if self.epochs_path.is_file():
+                kept = [
+                    line for line in self.epochs_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["epoch"] <= resume_epoch
+                ]  # fmt: skip
+                self.epochs_path.write_text("".join(f"{line}\n" for line in kept))
 
     def _rewrite(self, rows: list[dict]) -> None:
         with open(self.path, "w", newline="") as f:

@@ -19,6 +19,7 @@ from curate.queue.build import queue_frame
 from wood_train.cam.make import cam_overlay, load_cam
 from wood_train.data.imageio import read_image, read_label_png, voc_palette
 from wood_train.data.voc import image_path, mask_path, read_class_names, read_split
+from wood_train.wood.statistics_figure import plot_wood_statistics
 from wood_train.world.truth import read_pool_truth
 
 TILE = 128  # pixels per figure tile
@@ -183,6 +184,7 @@ def write_report(
         loop = loop_table(conn, world, baseline.weights_sha256, wood.weights_sha256)
         cost = _verdict_cost(conn)
         truth_contains = truth_by_sha(conn, read_pool_truth(world.root), world.pool_dir)
+    plot_wood_statistics(Path(wood.checkpoint).parent / "train_log.csv", root / "fig_wood_loss.png")
     base_eval, wood_eval = evaluations["baseline"], evaluations["wood"]
     names = list(base_eval.per_class_iou)
     metrics = pd.DataFrame(
@@ -235,6 +237,10 @@ The spurious-activation rate is the fraction of context-cue pixels (rails, water
 the CAM seed labels as foreground: the error W-OoD exists to fix.
 
 ![CAMs](fig_cams.png)
+
+What W-OoD's distance loss did at every step (tau, pushed fraction, pull and push, each loss term):
+
+![W-OoD loss statistics](fig_wood_loss.png)
 
 ### Per-class IoU
 

@@ -9,8 +9,8 @@ from torch import nn
 from wood_train.model.cam_net import build_cam_net
 from wood_train.wood.losses import (
     adversarial_climb,
-    classification_loss,
     distance_loss,
+    distance_targets,
     keep_mask,
     nonzero_quantile,
     ood_loss,
@@ -21,16 +21,6 @@ TOL = 1e-5
 
 
 # ---- direct transcriptions of the spec, one scalar at a time ----------------------------------
-
-
-def loop_classification_loss(logits, labels):
-    batch, classes = logits.shape
-    total = 0.0
-    for b in range(batch):
-        for c in range(classes):
-            p = torch.sigmoid(logits[b, c])
-            total = total - (labels[b, c] * torch.log(p) + (1 - labels[b, c]) * torch.log(1 - p))
-    return total / (batch * classes)
 
 
 def loop_quantile(values, q):
@@ -79,7 +69,7 @@ def loop_distance_loss(
     return fg_sum / (batch * classes) * (classes / num_centers) - push_sum / (batch * num_centers)
 
 
-def loop_ood_loss(logits, keep=None):
+def loop_ood_loss(logits, id_batch_size, keep=None):
     batch, classes = logits.shape
     total = 0.0
     for b in range(batch):
@@ -89,7 +79,7 @@ def loop_ood_loss(logits, keep=None):
         for c in range(classes):
             per_sample = per_sample - torch.log(1 - torch.sigmoid(logits[b, c]))
         total = total + per_sample / classes
-    return total / batch
+    return total / id_batch_size
 
 
 # ---- fixtures ------------------------------------------------------------------------------
@@ -108,22 +98,14 @@ def random_problem(seed, batch=5, classes=4, centers=6, dim=7):
     return z, labels, prototypes, ood_centers, precision
 
 
+def dist(z, labels, prototypes, centers, quantile=0.2, metric="euclidean", precision=None):
+    return distance_loss(
+        z, labels, distance_targets(prototypes, centers, metric, precision), quantile
+    )
+
+
 def assert_close(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=TOL, atol=TOL)
-
-
-# ---- classification -----------------------------------------------------------------------
-
-
-def test_classification_loss_matches_loop_values_and_gradients():
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
-    labels = (torch.rand(4, 5, generator=gen) < 0.5).double()
-    labels[2] = 0.0
-    ours = classification_loss(logits, labels)
-    ref = loop_classification_loss(logits, labels)
-    assert_close(ours, ref)
-    assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(ref, logits)[0])
 
 
 # ---- distance -----------------------------------------------------------------------------
@@ -137,7 +119,7 @@ def test_distance_loss_matches_loop_values_and_gradients(metric, quantile, seed)
     prototypes.requires_grad_(True)
     centers.requires_grad_(True)
     p = precision if metric == "mahalanobis" else None
-    ours, stats = distance_loss(z, labels, prototypes, centers, quantile, metric, p)
+    ours, stats = dist(z, labels, prototypes, centers, quantile, metric, p)
     ref = loop_distance_loss(z, labels, prototypes, centers, quantile, metric, precision)
     assert_close(ours, ref)
     inputs = (z, prototypes, centers)
@@ -186,7 +168,7 @@ def test_distance_loss_float32_d2048_matches_float64_loop():
     labels[1, 0] = 1.0
     z[1], z[2] = prototypes[0], centers[3]
     z32 = z.float().requires_grad_(True)
-    ours, _ = distance_loss(z32, labels.float(), prototypes.float(), centers.float(), 0.5)
+    ours, _ = dist(z32, labels.float(), prototypes.float(), centers.float(), 0.5)
     z64 = z.clone().requires_grad_(True)
     ref = loop_distance_loss(z64, labels, prototypes, centers, 0.5, skip_zero=True)
     assert abs(ours.item() - ref.item()) <= TOL * max(1.0, abs(ref.item()))
@@ -198,14 +180,14 @@ def test_distance_loss_float32_d2048_matches_float64_loop():
 def test_distance_loss_under_bf16_autocast_keeps_float32_precision():
     z, labels, prototypes, centers, _ = random_problem(4, batch=4, classes=3, centers=5, dim=256)
     z, prototypes, centers = (2 * t.detach().abs().float() for t in (z, prototypes, centers))
-    plain, _ = distance_loss(z, labels.float(), prototypes, centers)
+    plain, _ = dist(z, labels.float(), prototypes, centers)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast, _ = distance_loss(z, labels, prototypes, centers)
-        cast_input, _ = distance_loss(z.bfloat16(), labels, prototypes, centers)
+        autocast, _ = dist(z, labels, prototypes, centers)
+        cast_input, _ = dist(z.bfloat16(), labels, prototypes, centers)
     assert autocast.dtype == torch.float32
     assert_close(autocast, plain)
     # a bf16 feature is itself rounded; the loss on it is exact for that rounded input
-    assert_close(cast_input, distance_loss(z.bfloat16().float(), labels, prototypes, centers)[0])
+    assert_close(cast_input, dist(z.bfloat16().float(), labels, prototypes, centers)[0])
 
 
 def test_distance_loss_tie_at_tau_pushes_nothing():
@@ -215,12 +197,12 @@ def test_distance_loss_tie_at_tau_pushes_nothing():
     prototypes = torch.tensor([[3.0]], dtype=torch.float64)
     centers = torch.tensor([[1.0], [1.0], [2.0], [3.0], [4.0]], dtype=torch.float64)
     # q = 0.2: position 0.8 between the tied 1s, tau = 1, nothing strictly below: L = 3 * 1/5
-    loss, stats = distance_loss(z, labels, prototypes, centers, quantile=0.2)
+    loss, stats = dist(z, labels, prototypes, centers, quantile=0.2)
     assert loss.item() == pytest.approx(0.6)
     assert stats["tau"].item() == pytest.approx(1.0)
     assert stats["pushed_fraction"].item() == 0.0
     # q = 0.5: tau = 2 (exactly an entry): the two 1s are pushed, the 2 is not: L = 0.6 - 2/5
-    loss, stats = distance_loss(z, labels, prototypes, centers, quantile=0.5)
+    loss, stats = dist(z, labels, prototypes, centers, quantile=0.5)
     assert loss.item() == pytest.approx(0.2)
     assert stats["pull"].item() == pytest.approx(0.6) and stats["push"].item() == pytest.approx(0.4)
     assert stats["pushed_fraction"].item() == pytest.approx(2 / 5)
@@ -238,7 +220,7 @@ def test_distance_loss_feature_on_a_centre_has_finite_gradient(metric):
     z[1] = prototypes[0]  # labelled with class 0: zero pull distance
     z[2] = centers[3]  # zero push distance, excluded from the quantile
     z.requires_grad_(True)
-    loss, _ = distance_loss(z, labels, prototypes, centers, 0.5, metric, p)
+    loss, _ = dist(z, labels, prototypes, centers, 0.5, metric, p)
     (grad,) = torch.autograd.grad(loss, z)
     assert torch.isfinite(grad).all()
     assert_close(loss, loop_distance_loss(z, labels, prototypes, centers, 0.5, metric, precision))
@@ -255,7 +237,7 @@ def test_distance_loss_all_on_centres_pushes_nothing():
     z = centers[[0, 0]].clone().requires_grad_(True)
     centers_same = centers[[0]].clone()
     labels = torch.zeros(2, 2, dtype=torch.float64)
-    loss, stats = distance_loss(z, labels, torch.randn(2, 4, dtype=torch.float64), centers_same)
+    loss, stats = dist(z, labels, torch.randn(2, 4, dtype=torch.float64), centers_same)
     assert loss.item() == 0.0
     assert stats["tau"].item() == 0.0
     assert torch.isfinite(torch.autograd.grad(loss, z)[0]).all()
@@ -264,15 +246,15 @@ def test_distance_loss_all_on_centres_pushes_nothing():
 def test_distance_loss_rejects_bad_shapes_and_metric():
     z, labels, prototypes, centers, precision = random_problem(0)
     with pytest.raises(ValueError, match="labels must be"):
-        distance_loss(z, labels[:, :2], prototypes, centers)
+        dist(z, labels[:, :2], prototypes, centers)
     with pytest.raises(ValueError, match="ood_centers must be"):
-        distance_loss(z, labels, prototypes, centers[:, :3])
+        dist(z, labels, prototypes, centers[:, :3])
     with pytest.raises(ValueError, match="unknown metric"):
-        distance_loss(z, labels, prototypes, centers, metric="cosine")
+        dist(z, labels, prototypes, centers, metric="cosine")
     with pytest.raises(ValueError, match="needs the shared precision"):
-        distance_loss(z, labels, prototypes, centers, metric="mahalanobis")
+        dist(z, labels, prototypes, centers, metric="mahalanobis")
     with pytest.raises(ValueError, match="quantile"):
-        distance_loss(z, labels, prototypes, centers, quantile=0.0)
+        dist(z, labels, prototypes, centers, quantile=0.0)
 
 
 # ---- adversarial climb ---------------------------------------------------------------------
@@ -361,23 +343,29 @@ def test_adversarial_climb_zero_gradient_keeps_images():
 # ---- OoD term ------------------------------------------------------------------------------
 
 
-def test_ood_loss_matches_loop_values_and_gradients():
+@pytest.mark.parametrize("id_batch_size", [6, 3])
+def test_ood_loss_matches_loop_values_and_gradients(id_batch_size):
     gen = torch.Generator().manual_seed(2)
     logits = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     keep = torch.tensor([True, False, True, True, False, True])
     for mask in (None, keep):
-        ours = ood_loss(logits, keep=mask)
-        ref = loop_ood_loss(logits, keep=mask)
+        ours = ood_loss(logits, id_batch_size, keep=mask)
+        ref = loop_ood_loss(logits, id_batch_size, keep=mask)
         assert_close(ours, ref)
         assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(ref, logits)[0])
 
 
-def test_ood_loss_dropped_samples_keep_divisor_b():
+def test_ood_loss_divides_by_the_id_batch_size_as_the_reference():
     logits = torch.zeros(4, 3)
     keep = torch.tensor([True, False, True, False])
-    # each kept sample costs log 2 at zero logits; two of four kept, divided by B = 4
-    assert ood_loss(logits, keep).item() == pytest.approx(math.log(2) / 2)
-    assert ood_loss(logits, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+    # each kept sample costs log 2 at zero logits; two of four kept, divided by the ID batch B
+    assert ood_loss(logits, 4, keep).item() == pytest.approx(math.log(2) * 2 / 4)
+    assert ood_loss(logits, 2, keep).item() == pytest.approx(math.log(2) * 2 / 2)
+    # an OoD batch twice the ID batch: every OoD image weighs 1/B, so the term doubles
+    assert ood_loss(torch.zeros(8, 3), 4).item() == pytest.approx(2 * ood_loss(logits, 4).item())
+    assert ood_loss(logits, 4, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+    with pytest.raises(ValueError, match="id_batch_size"):
+        ood_loss(logits, 0)
 
 
 def test_keep_mask_drops_ignored_top_classes():

@@ -1,23 +1,24 @@
 """The W-OoD loss terms (WOOD_SPEC section 3) as pure, batch-vectorised functions.
 
-One training step reads, top to bottom::
+One training step (``wood_train.train.train_step``) reads, top to bottom::
 
-    logits, z = model.forward_features(x)
-    loss_cls = classification_loss(logits, y)
-    loss_dist, stats = distance_loss(z, y, prototypes, ood_centers)
-    x_adv = adversarial_climb(model, x_ood)
-    logits_adv = model(x_adv)
-    loss_ood = ood_loss(logits_adv, keep=keep_mask(logits_adv, ignore_classes))
-    loss = loss_cls + distance_weight * loss_dist + ood_weight * loss_ood
+    x_adv = adversarial_climb(model, x_ood)                   # x' = x + eps * g / max|g|
+    logits, z = model(torch.cat([x, x_adv]), with_features=True)
+    bce = classification_loss(logits[:B], y)
+    l_dist, stats = distance_loss(z[:B], y, distance_targets(prototypes, ood_centers))
+    l_ood = ood_loss(logits[B:], id_batch_size=B, keep=keep_mask(logits[B:], ignore_classes))
+    loss = bce + lambda_ * l_dist + beta * l_ood
 
-Every default below is the reference implementation's value and cites the spec section; the
-trainer's config exposes each one as a field.
+``distance_targets`` prepares the fixed prototypes and centres once (the trainer keeps them between
+refreshes). Every default below is the reference implementation's value and cites the spec
+section; the trainer's config exposes each one as a field.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -109,96 +110,149 @@ def _distances(
 
 def nonzero_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
     """The q-quantile of the non-zero entries of a non-negative tensor, interpolating linearly
-    between order statistics (``torch.quantile``'s default); 0 when every entry is 0.
+    between order statistics (``torch.quantile``'s default); 0 when every entry is 0."""
+    return values.new_tensor(_nonzero_quantile_value(values, quantile))
 
-    Sorting puts the zeros first, so the non-zero entries are the sorted tail: no masking needed.
-    """
-    ordered = values.flatten().sort().values
-    zeros = int(torch.searchsorted(ordered, 0.0, right=True))
+
+def _nonzero_quantile_value(values: torch.Tensor, quantile: float) -> float:
+    # sorting puts the zeros first, so the non-zero entries are the sorted tail: no masking
+    ordered = values.detach().flatten().sort().values
+    zeros = 0 if float(ordered[0]) > 0 else int(torch.searchsorted(ordered, 0.0, right=True))
     count = ordered.numel() - zeros
     if count == 0:  # every feature sits on a centre: nothing to push
-        return values.new_zeros(())
+        return 0.0
     position = zeros + quantile * (count - 1)
     low = int(position)
-    return torch.lerp(ordered[low], ordered[min(low + 1, ordered.numel() - 1)], position - low)
+    pair = ordered[low : low + 2].tolist()
+    return pair[0] + (position - low) * (pair[-1] - pair[0])
 
 
-def _check_shapes(
-    z: torch.Tensor,
-    labels: torch.Tensor,
+@dataclass(frozen=True)
+class DistanceTargets:
+    r"""The prototypes and OoD centres of ``distance_loss``, prepared once for many steps.
+
+    They stay fixed between refreshes (WOOD_SPEC section 3), so what every step would otherwise
+    recompute is computed here once: the (C + K, D) stack of points :math:`p_m`, their
+    precision-weighted form :math:`P p_m` (also transposed, contiguous, for the forward's matrix
+    product) and their squared norms :math:`p_m^\top P p_m`. Build with ``distance_targets``.
+    """
+
+    points: torch.Tensor  # (C + K, D): mu_1 .. mu_C, nu_1 .. nu_K
+    weighted: torch.Tensor  # (C + K, D): P p_m (P = the precision, or I for Euclidean)
+    weighted_t: torch.Tensor  # (D, C + K): weighted.T, contiguous
+    squared_norms: torch.Tensor  # (C + K,): p_m^T P p_m, without gradient
+    precision: torch.Tensor | None  # symmetric (D, D), or None for Euclidean
+    num_classes: int
+
+    @property
+    def metric(self) -> str:
+        return "euclidean" if self.precision is None else "mahalanobis"
+
+    def to(self, device=None, dtype=None) -> DistanceTargets:
+        """The same targets on another device or in another floating dtype."""
+        points = self.points.to(device=device, dtype=dtype)
+        precision = self.precision
+        if precision is not None:
+            precision = precision.to(device=device, dtype=dtype)
+        return _prepare(points, precision, self.num_classes)
+
+
+def distance_targets(
     prototypes: torch.Tensor,
     ood_centers: torch.Tensor,
-    precision: torch.Tensor | None,
-) -> None:
-    if z.ndim != 2:
-        raise ValueError(f"z must be (B, D) GAP features, got shape {tuple(z.shape)}")
-    batch, dim = z.shape
-    if labels.shape != (batch, prototypes.shape[0]):
-        raise ValueError(
-            f"labels must be (B, C) = ({batch}, {prototypes.shape[0]}) to match z and the "
-            f"prototypes, got {tuple(labels.shape)}"
-        )
+    metric: str = "euclidean",
+    precision: torch.Tensor | None = None,
+) -> DistanceTargets:
+    """Prepare the class prototypes (C, D) and OoD centres (K, D) for ``distance_loss``.
+
+    ``metric="mahalanobis"`` needs the shared ``precision`` matrix (D, D); only its symmetric
+    part is used and it gets no gradient. The points are kept in float32 or wider. Gradients
+    reach ``prototypes`` and ``ood_centers`` if they require them (they are fixed in training).
+    """
     for name, points in (("prototypes", prototypes), ("ood_centers", ood_centers)):
-        if points.ndim != 2 or points.shape[1] != dim:
-            raise ValueError(f"{name} must be (n, D={dim}), got shape {tuple(points.shape)}")
+        if points.ndim != 2 or points.shape[1] != prototypes.shape[-1]:
+            raise ValueError(
+                f"{name} must be (n, D) with D = {prototypes.shape[-1]}, got {tuple(points.shape)}"
+            )
+    dtype = torch.promote_types(prototypes.dtype, torch.float32)
+    dim = prototypes.shape[1]
+    precision = _symmetric_precision(metric, precision, dtype)
     if precision is not None and precision.shape != (dim, dim):
         raise ValueError(f"precision must be (D, D) = ({dim}, {dim}), got {tuple(precision.shape)}")
+    points = torch.cat([prototypes, ood_centers]).to(dtype)
+    return _prepare(points, precision, prototypes.shape[0])
+
+
+def _prepare(points: torch.Tensor, precision: torch.Tensor | None, num_classes: int):
+    with _autocast_off(points.device.type):
+        weighted = points if precision is None else points @ precision.to(points.dtype)
+        squared_norms = torch.linalg.vecdot(weighted.detach(), points.detach())
+    return DistanceTargets(
+        points, weighted, weighted.T.contiguous(), squared_norms, precision, num_classes
+    )
+
+
+def _autocast_off(device_type: str):
+    enabled = torch.is_autocast_enabled(device_type)
+    return torch.autocast(device_type, enabled=False) if enabled else nullcontext()
 
 
 class _DistanceLoss(torch.autograd.Function):
     r"""``L_dist`` with its gradient written out: the hot path of every W-OoD step.
 
-    Forward: distances :math:`d` (B, C + K) to the prototypes and centres, and weights
-    :math:`w` without gradient (:math:`+y_{bc}/BK` for the pulls, :math:`-[d^{ood}_{bk} < \tau]/BK`
-    for the pushes), so :math:`L = \sum w \odot d`. Backward, with :math:`v = w / d`
-    (0 where :math:`d = 0`):
+    Forward: squared distances :math:`s = |z|_P^2 + |p|_P^2 - 2 z^\top P p` in one matrix
+    product, :math:`r = 1/\sqrt{s}` (0 where :math:`s` is rounding noise, see
+    ``pairwise_distances``), :math:`d = s\,r`, and weights :math:`w` without gradient
+    (:math:`+y_{bc}/BK` for the pulls, :math:`-[d^{ood}_{bk} < \tau]/BK` for the pushes), so
+    :math:`L = \sum w \odot d`. Backward, with :math:`v = w\,r`:
 
     .. math::
 
-        \frac{\partial L}{\partial z_b} = P \sum_m v_{bm} (z_b - p_m), \qquad
-        \frac{\partial L}{\partial p_m} = -P \sum_b v_{bm} (z_b - p_m)
+        \frac{\partial L}{\partial z_b} = P z_b \sum_m v_{bm} - \sum_m v_{bm} P p_m, \qquad
+        \frac{\partial L}{\partial p_m} = P p_m \sum_b v_{bm} - \sum_b v_{bm} P z_b
 
     one matrix product each, instead of autograd's walk through a dozen small operations.
     """
 
     @staticmethod
-    def forward(ctx, z, labels, points, precision, num_classes, quantile):
-        distances = _distances(z, points, precision)  # (B, C + K): d_fg | d_ood
+    def forward(ctx, z, labels, points, weighted, weighted_t, squared_norms, precision, num_classes, quantile):  # fmt: skip
+        z_p = z if precision is None else z @ precision
+        norms = torch.linalg.vecdot(z_p, z)[:, None] + squared_norms  # (B, C + K)
+        squared = torch.addmm(norms, z, weighted_t, alpha=-2)
+        real = squared > norms.mul_(NOISE_ULPS * torch.finfo(squared.dtype).eps)
+        inverse = squared.where(real, torch.inf).rsqrt_()  # 1 / d, and 0 where d counts as 0
+        distances = squared.mul_(inverse)  # d_fg | d_ood, exactly 0 where d counts as 0
         d_ood = distances[:, num_classes:]
-        tau = nonzero_quantile(d_ood, quantile)
-        near = (d_ood < tau).to(z.dtype)
+        tau = _nonzero_quantile_value(d_ood, quantile)
+        near = d_ood < tau
         # both means share the divisor B*K: mean(d_fg) * C/K = sum(y * d_fg) / (B*K)
-        weights = torch.cat([labels, -near], dim=1).div_(z.shape[0] * d_ood.shape[1])
+        weights = torch.cat([labels, near.to(z.dtype).neg_()], dim=1)
+        weights.mul_(1.0 / (z.shape[0] * d_ood.shape[1]))
         terms = distances * weights
         loss, pull = terms.sum(), terms[:, :num_classes].sum()
-        ctx.save_for_backward(z, points, precision, distances, weights)
-        outputs = (loss, pull, pull - loss, tau, near.mean())
-        ctx.mark_non_differentiable(*outputs[1:])
-        return outputs
+        ctx.save_for_backward(z_p, weighted, weights.mul_(inverse))
+        stats = (pull, pull - loss, loss.new_tensor(tau), near.to(z.dtype).mean())
+        ctx.mark_non_differentiable(*stats)
+        return (loss, *stats)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, *_):
-        z, points, precision, distances, weights = ctx.saved_tensors
-        v = torch.where(distances > 0, weights / distances, 0.0).mul_(grad_loss)
+        z_p, weighted, v = ctx.saved_tensors
+        v = v * grad_loss
         grad_z = grad_points = None
         if ctx.needs_input_grad[0]:
-            grad_z = z * v.sum(dim=1, keepdim=True) - v @ points
-            grad_z = grad_z if precision is None else grad_z @ precision
+            grad_z = torch.addmm(z_p * v.sum(dim=1, keepdim=True), v, weighted, alpha=-1)
         if ctx.needs_input_grad[2]:
-            grad_points = points * v.sum(dim=0)[:, None] - v.T @ z
-            grad_points = grad_points if precision is None else grad_points @ precision
-        return grad_z, None, grad_points, None, None, None
+            grad_points = torch.addmm(weighted * v.sum(dim=0)[:, None], v.T, z_p, alpha=-1)
+        return grad_z, None, grad_points, None, None, None, None, None, None
 
 
 def distance_loss(
     z: torch.Tensor,
     labels: torch.Tensor,
-    prototypes: torch.Tensor,
-    ood_centers: torch.Tensor,
+    targets: DistanceTargets,
     quantile: float = DEFAULT_QUANTILE,
-    metric: str = "euclidean",
-    precision: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     r"""Pull ID features to their class prototypes, push them from the nearest OoD centres.
 
@@ -222,24 +276,21 @@ def distance_loss(
     A sample with no labels contributes zeros to the first mean (it still counts in ``B*C``).
     Distances are computed in float32 or wider with autocast off (bf16 would drown them in
     rounding noise), so the loss can be called inside an autocast region. The gradient is
-    written out (``_DistanceLoss``, one matrix product); it reaches ``z``, the prototypes and
-    the centres, not the precision matrix, and cannot be differentiated twice.
+    written out (``_DistanceLoss``, one matrix product); it reaches ``z``, and the prototypes
+    and centres when they require it, not the precision matrix, and cannot be differentiated
+    twice.
 
     Parameters
     ----------
     z : (B, D) tensor
         GAP features of the ID batch (``model.forward_features(x)[1]``).
     labels : (B, C) tensor of 0/1
-    prototypes : (C, D) tensor
-        Class prototypes :math:`\mu_c` (fixed, see ``ood_centers.class_prototypes``).
-    ood_centers : (K, D) tensor
-        K-means centres :math:`\nu_k` of the hard-OoD features.
+    targets : DistanceTargets
+        ``distance_targets(prototypes, ood_centers, metric, precision)``: the class prototypes
+        :math:`\mu_c` and the K-means centres :math:`\nu_k` of the hard-OoD features, with the
+        metric (``"mahalanobis"`` measures :math:`\sqrt{(z-m)^\top P (z-m)}`).
     quantile : float
         q in (0, 1]; reference default 0.2.
-    metric : {"euclidean", "mahalanobis"}
-        ``"mahalanobis"`` measures :math:`\sqrt{(z-m)^\top P (z-m)}` with ``precision`` P.
-    precision : (D, D) tensor, optional
-        Shared precision matrix (``ood_centers.shared_precision``), required for Mahalanobis.
 
     Returns
     -------
@@ -250,22 +301,32 @@ def distance_loss(
 
     Examples
     --------
-    >>> loss, stats = distance_loss(z, y, prototypes, ood_centers)  # doctest: +SKIP
+    >>> targets = distance_targets(prototypes, ood_centers)  # once per refresh  # doctest: +SKIP
+    >>> loss, stats = distance_loss(z, y, targets)  # doctest: +SKIP
     """
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-    _check_shapes(z, labels, prototypes, ood_centers, precision)
+    num_classes = targets.num_classes
+    if z.ndim != 2 or z.shape[1] != targets.points.shape[1]:
+        raise ValueError(
+            f"z must be (B, D) GAP features with D = {targets.points.shape[1]}, "
+            f"got shape {tuple(z.shape)}"
+        )
+    if labels.shape != (z.shape[0], num_classes):
+        raise ValueError(
+            f"labels must be (B, C) = ({z.shape[0]}, {num_classes}) to match z and the "
+            f"prototypes, got {tuple(labels.shape)}"
+        )
     # the expanded distances need at least float32: no bf16/fp16, even under autocast
     dtype = torch.promote_types(z.dtype, torch.float32)
-    precision = _symmetric_precision(metric, precision, dtype)
-    points = torch.cat([prototypes, ood_centers]).to(dtype)
-    autocast_off = torch.autocast(z.device.type, enabled=False)
-    with autocast_off if torch.is_autocast_enabled(z.device.type) else nullcontext():
+    if targets.points.dtype != dtype or targets.points.device != z.device:
+        targets = targets.to(z.device, dtype)
+    with _autocast_off(z.device.type):
         loss, pull, push, tau, pushed = _DistanceLoss.apply(
-            z.to(dtype), labels.to(dtype), points, precision, prototypes.shape[0], quantile
-        )
-    stats = {"pull": pull, "push": push, "tau": tau, "pushed_fraction": pushed}
-    return loss, stats
+            z.to(dtype), labels.to(dtype), targets.points, targets.weighted, targets.weighted_t,
+            targets.squared_norms, targets.precision, num_classes, quantile,
+        )  # fmt: skip
+    return loss, {"pull": pull, "push": push, "tau": tau, "pushed_fraction": pushed}
 
 
 def adversarial_climb(
@@ -330,27 +391,34 @@ def keep_mask(logits: torch.Tensor, ignore_classes: Sequence[int] = ()) -> torch
     return ~torch.isin(logits.argmax(dim=1), ignore)
 
 
-def ood_loss(logits_adv: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+def ood_loss(
+    logits_adv: torch.Tensor, id_batch_size: int, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""Push every class score of the climbed OoD images down (all-zero target).
 
-    WOOD_SPEC section 3:
+    WOOD_SPEC section 3, with B the ID batch size:
 
     .. math::
 
-        L_{ood} = \frac{1}{B} \sum_b m_b \cdot \frac{1}{C} \sum_c -\log(1 - \sigma(f(x')_{bc}))
+        L_{ood} = \frac{1}{B} \sum_{j} m_j \cdot \frac{1}{C} \sum_c -\log(1 - \sigma(f(x'_j)_c))
 
-    with :math:`m_b = 1` unless ``keep`` drops sample b. The divisor stays B (the batch size) when
-    samples are dropped, as in the reference.
+    summed over the OoD batch, with :math:`m_j = 1` unless ``keep`` drops sample j. As in the
+    reference, the sum is divided by the ID batch size, not the OoD batch size (and not the
+    number kept): with ``--ood-batch-size`` twice ``--batch-size``, every OoD image weighs as
+    much as before and the term doubles, so beta keeps its per-image meaning.
 
     Parameters
     ----------
-    logits_adv : (B, C) tensor, ``model(adversarial_climb(model, x_ood))``
-    keep : (B,) bool tensor, optional (see ``keep_mask``)
+    logits_adv : (B_ood, C) tensor, ``model(adversarial_climb(model, x_ood))``
+    id_batch_size : int, the B of the ID batch the step trains on
+    keep : (B_ood,) bool tensor, optional (see ``keep_mask``)
 
     Returns
     -------
     0-dim tensor
     """
+    if id_batch_size <= 0:
+        raise ValueError(f"id_batch_size must be positive, got {id_batch_size}")
     per_sample = F.multilabel_soft_margin_loss(
         logits_adv, torch.zeros_like(logits_adv), reduction="none"
     )
@@ -358,4 +426,4 @@ def ood_loss(logits_adv: torch.Tensor, keep: torch.Tensor | None = None) -> torc
         if keep.shape != per_sample.shape:
             raise ValueError(f"keep must be ({per_sample.shape[0]},), got {tuple(keep.shape)}")
         per_sample = per_sample * keep.to(per_sample.dtype)
-    return per_sample.sum() / logits_adv.shape[0]
+    return per_sample.sum() / id_batch_size

@@ -1,9 +1,11 @@
-"""What W-OoD training needs besides the ID batch: the OoD stream, prototypes, centres, the loss.
+"""What a W-OoD step needs besides the ID batch: prototypes, centres, precision, the OoD stream.
 
-``prepare_wood`` runs once before the first step (WOOD_SPEC section 3): with the model in eval mode
-and no augmentation it extracts the GAP features of every ID training image and every hard-OoD
-image (batched, streamed to memmaps in the run folder), then computes the class prototypes mu_c
-and the K-means centres nu_k. Under torchrun rank 0 computes them and broadcasts.
+``WoodObjective`` holds state only; the step itself (climb, BCE, L_dist, L_ood) is written out in
+``wood_train.train.train_step``. ``prepare_wood`` runs once before the first step (WOOD_SPEC
+section 3): with the model in eval mode and no augmentation it extracts the GAP features of every
+ID training image and every hard-OoD image (batched, streamed to memmaps in the run folder), then
+computes the class prototypes mu_c, the K-means centres nu_k and, for the Mahalanobis option, the
+shared precision. Under torchrun rank 0 computes them and broadcasts.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from wood_train import distributed
 from wood_train.data.datasets import ImageListDataset, fixed_order_loader
 from wood_train.data.transforms import TrainTransform
 from wood_train.data.voc import image_path, load_image_labels, read_split
 from wood_train.errors import ConfigError
-from wood_train.manifest.ood_list import load_ood_list
-from wood_train.wood.losses import adversarial_climb, distance_loss, keep_mask, ood_loss
+from wood_train.manifest.ood_list import OodSet
+from wood_train.wood.losses import DistanceTargets, distance_targets
 from wood_train.wood.ood_centers import (
     class_prototypes,
     extract_features,
@@ -31,19 +32,21 @@ from wood_train.wood.ood_centers import (
 
 
 class WoodObjective:
-    """The W-OoD side of a training step; the loop calls ``next_batch``, ``climb`` and ``loss``."""
+    """W-OoD's state: prototypes, centres, precision (``targets`` for ``distance_loss``), the
+    OoD batch stream and the ignored classes. Saved in every checkpoint for an exact resume."""
 
-    def __init__(self, config, class_names: list[str], ood_paths: list[Path], device: torch.device):
+    def __init__(self, config, class_names: list[str], ood: OodSet, device: torch.device):
         self.config = config
         self.class_names = class_names
         self.device = device
         transform = TrainTransform(config.resize_long, config.crop, config.hflip)
         self.ood_dataset = ImageListDataset(
-            ood_paths, None, len(class_names), transform, config.seed
+            ood.paths, None, len(class_names), transform, config.seed
         )
-        self.ood_keys = [str(p) for p in ood_paths]
+        self.ood_keys = [str(p) for p in ood.paths]  # K-means rows sorted by key, not list
         self.ignore = [class_names.index(c) for c in config.ignore_classes]
         self.prototypes = self.centers = self.precision = None
+        self.targets: DistanceTargets | None = None
         self.batches_drawn = 0
         self._stream = None
 
@@ -58,8 +61,11 @@ class WoodObjective:
         if not distributed.is_distributed() or torch.distributed.get_rank() == 0:
             tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in self._compute(model)]
         tensors = [distributed.broadcast(t.to(self.device)) for t in tensors]
-        self.prototypes, self.centers = tensors[0], tensors[1]
-        self.precision = tensors[2] if len(tensors) > 2 else None
+        self._set(tensors[0], tensors[1], tensors[2] if len(tensors) > 2 else None)
+
+    def _set(self, prototypes, centers, precision) -> None:
+        self.prototypes, self.centers, self.precision = prototypes, centers, precision
+        self.targets = distance_targets(prototypes, centers, self.config.distance, precision)
 
     def _compute(self, model) -> list[np.ndarray]:
         config = self.config
@@ -77,15 +83,15 @@ class WoodObjective:
 
         z_id = features(id_paths, "id_features.npy")
         z_ood = features(self.ood_dataset.paths, "ood_features.npy")
-        if len(z_ood) < config.num_centers:
-            raise ConfigError(
-                f"{config.ood_manifest}: {len(z_ood)} OoD images are fewer than num_centers={config.num_centers}"
-            )
         prototypes = class_prototypes(z_id, labels, self.class_names)
         centers = kmeans_centers(z_ood, k=config.num_centers, seed=config.seed, keys=self.ood_keys)
         arrays = [prototypes, centers]
         if config.distance == "mahalanobis":
-            arrays.append(shared_precision(z_id, labels, prototypes))
+            # as the reference: one covariance of the ID residuals to their class prototypes
+            # and the OoD residuals to their nearest centre (plus our documented shrinkage)
+            arrays.append(
+                shared_precision(z_id, labels, prototypes, ood_features=z_ood, ood_centers=centers)
+            )
         return [np.asarray(a, dtype=np.float32) for a in arrays]
 
     # -- the OoD batch stream -------------------------------------------------------------
@@ -104,37 +110,11 @@ class WoodObjective:
             round_, skip = round_ + 1, 0
 
     def next_batch(self, device) -> torch.Tensor:
+        """The next OoD batch (normalised, augmented as the ID images)."""
         if self._stream is None:
             self._stream = self._batches_from(self.batches_drawn)
         self.batches_drawn += 1
         return next(self._stream).to(device, non_blocking=True)
-
-    # -- the step -------------------------------------------------------------------------
-    def climb(self, model, x_ood: torch.Tensor) -> torch.Tensor:
-        """x' = x + eps * g / max|g| toward the most confident class (spec section 3)."""
-        return adversarial_climb(model, x_ood, self.config.adv_eps)
-
-    def loss(self, logits, z, labels, n_id: int):
-        """L = BCE + lambda * L_dist + beta * L_ood; returns (loss, per-term dict for the log)."""
-        config = self.config
-        logits_id, logits_ood = logits[:n_id], logits[n_id:]
-        if config.ood_as_negatives:
-            targets = torch.cat([labels, torch.zeros_like(logits_ood)])
-            bce = F.multilabel_soft_margin_loss(logits, targets)
-            return bce, {"bce": bce}
-        bce = F.multilabel_soft_margin_loss(logits_id, labels)
-        l_dist, _ = distance_loss(
-            z[:n_id].float(),
-            labels,
-            self.prototypes,
-            self.centers,
-            config.quantile,
-            config.distance,
-            self.precision,
-        )
-        l_ood = ood_loss(logits_ood, keep_mask(logits_ood, self.ignore))
-        loss = bce + config.wood_lambda * l_dist + config.wood_beta * l_ood
-        return loss, {"bce": bce, "l_dist": l_dist, "l_ood": l_ood}
 
     # -- checkpointing --------------------------------------------------------------------
     def state(self) -> dict:
@@ -152,26 +132,24 @@ class WoodObjective:
         def dev(t):
             return None if t is None else t.to(self.device)
 
-        self.prototypes, self.centers = dev(state["prototypes"]), dev(state["centers"])
-        self.precision = dev(state["precision"])
+        if state["prototypes"] is not None:
+            self._set(dev(state["prototypes"]), dev(state["centers"]), dev(state["precision"]))
         self.batches_drawn = state["batches_drawn"]
         self._stream = None
 
 
 def prepare_wood(
-    config, model, class_names: list[str], device, state: dict | None = None
+    config, model, class_names: list[str], ood: OodSet, device, state: dict | None = None
 ) -> WoodObjective:
-    """Validate the hard-OoD list, then compute prototypes and centres before the first step.
+    """The W-OoD state for training on the validated OoD set ``ood``.
 
-    ``state`` (from a resumable checkpoint) restores them instead of recomputing.
+    Prototypes and centres are computed before the first step, or restored from ``state`` (a
+    resumable checkpoint's) instead of recomputed. The ablation's ``ood_as_negatives`` needs none.
     """
-    ood_paths = load_ood_list(
-        config.ood_manifest, config.ood_image_root, expected_classes=class_names
-    )
     unknown = [c for c in config.ignore_classes if c not in class_names]
     if unknown:
-        raise ConfigError(f"ignore_classes {unknown} are not among the classes {class_names}")
-    objective = WoodObjective(config, class_names, ood_paths, device)
+        raise ConfigError(f"--ignore-classes {unknown} are not among the classes {class_names}")
+    objective = WoodObjective(config, class_names, ood, device)
     if state is not None:
         objective.load_state(state)
     elif not config.ood_as_negatives:

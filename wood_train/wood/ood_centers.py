@@ -336,8 +336,10 @@ def shared_precision(
 
     M counts (image, class) pairs, so a multi-label image contributes once per class. With
     ``ood_features`` and ``ood_centers`` each OoD feature also contributes its residual to its
-    nearest centre, as the reference pools ID classes and OoD clusters. Shrinking toward the
-    scaled identity keeps :math:`\Sigma_s` invertible with fewer samples than dimensions.
+    nearest centre: the reference pools the ID classes and the OoD clusters into one covariance
+    the same way, and the trainer passes both. The shrinkage is ours: the reference
+    pseudo-inverts the plain covariance; shrinking toward the scaled identity keeps
+    :math:`\Sigma_s` invertible with fewer samples than dimensions (D = 2048).
 
     Returns
     -------
