@@ -27,18 +27,19 @@ class RunLog:
         if resume_step == 0:
             self.path.unlink(missing_ok=True)
             self.epochs_path.unlink(missing_ok=True)
-        elif self.path.is_file():
+            return
+        if self.path.is_file():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
             if rows:
                 self.fields = list(rows[0].keys())
                 self._rewrite(rows)
-            if self.epochs_path.is_file():
-                kept = [
-                    line for line in self.epochs_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["epoch"] <= resume_epoch
-                ]  # fmt: skip
-                self.epochs_path.write_text("".join(f"{line}\n" for line in kept))
+        if self.epochs_path.is_file():
+            kept = [
+                line for line in self.epochs_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= resume_epoch
+            ]  # fmt: skip
+            self.epochs_path.write_text("".join(f"{line}\n" for line in kept))
 
     def _rewrite(self, rows: list[dict]) -> None:
         with open(self.path, "w", newline="") as f:

@@ -115,7 +115,8 @@ def _gradient_norm(model) -> torch.Tensor:
 
 def _stop_if_diverged(step: int, config: TrainConfig, terms: dict, gradient: torch.Tensor):
     names = [k for k in LOSS_TERMS if k in terms]
-    values = torch.stack([*(terms[k].detach().float() for k in names), gradient.float()])
+    gradient = gradient.float().to(terms["loss"].device)
+    values = torch.stack([*(terms[k].detach().float() for k in names), gradient])
     finite = torch.isfinite(values)
     if bool(finite.all()):  # one device sync per step
         return

@@ -218,7 +218,7 @@ def run_evaluation(config: EvalConfig) -> CamEvaluation:
             raise ConfigError(f"EvalConfig.{name} is not set (pass {flag})")
     if not Path(config.cam_dir).is_dir():
         raise MissingInputError(f"CAM folder not found: {config.cam_dir}")
-    voc.check_voc_root(config.voc_root)
+    voc.check_voc_root(config.voc_root, parts=("ImageSets/Segmentation",))  # masks, no images
     evaluation = evaluate_cams(config.cam_dir, config.voc_root, config.split, config.thresholds)
     out = Path(config.out) if config.out is not None else Path(config.cam_dir) / EVAL_NAME
     doc = {

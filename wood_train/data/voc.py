@@ -43,8 +43,11 @@ def read_class_names(voc_root: str | Path) -> list[str]:
 VOC_ROOT_PARTS = ("JPEGImages", "ImageSets/Segmentation")
 
 
-def check_voc_root(voc_root: str | Path, flag: str = "--voc-root") -> Path:
-    """Refuse a folder that is not a VOC-layout root; name the one inside it when there is one.
+def check_voc_root(
+    voc_root: str | Path, flag: str = "--voc-root", parts: tuple[str, ...] = VOC_ROOT_PARTS
+) -> Path:
+    """Refuse a folder without ``parts`` (a VOC-layout root's images and split lists); name the
+    root inside it when there is one.
 
     ``runs/world`` (the world's folder) holds the root ``runs/world/VOC2012``: a user who passes
     the parent gets told so, instead of an error about class counts or missing files later.
@@ -52,11 +55,9 @@ def check_voc_root(voc_root: str | Path, flag: str = "--voc-root") -> Path:
     root = Path(voc_root)
     if not root.is_dir():
         raise MissingInputError(f"{flag} {root}: folder not found")
-    missing = [part for part in VOC_ROOT_PARTS if not (root / part).is_dir()]
+    missing = [part for part in parts if not (root / part).is_dir()]
     if missing:
-        inside = sorted(
-            str(c) for c in root.iterdir() if all((c / part).is_dir() for part in VOC_ROOT_PARTS)
-        )
+        inside = sorted(str(c) for c in root.iterdir() if all((c / p).is_dir() for p in parts))
         hint = f"; did you mean {flag} {inside[0]}?" if inside else ""
         raise MissingInputError(
             f"{flag} {root} is not a VOC root (no {' or '.join(f'{m}/' for m in missing)} "
