@@ -23,12 +23,11 @@ def test_a_diverged_model_is_refused_before_any_score_is_written(tmp_path, tmp_p
     db = store.open_store(tmp_path / "c.db")
     with store.connect(db) as conn:
         store.ensure_classes(conn, CLASS_NAMES)
-    run_id = store.start_run(db, "mine", {})
-    ingest_pool(db, iter_pool(tmp_path / "pool"), fg_tags={}, run_id=run_id)
-    with pytest.raises(ValueError) as info:
-        score_pool(db, scorer, run_id, batch_size=2, workers=0)
+        run_id = store.start_run(conn, "mine", {})
+        ingest_pool(conn, iter_pool(tmp_path / "pool"), fg_tags={}, run_id=run_id)
+        with pytest.raises(ValueError) as info:
+            score_pool(conn, scorer, run_id, batch_size=2, workers=0)
+        assert conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 0
     message = str(info.value)
     assert message.startswith(f"checkpoint {meta['weights_sha256'][:12]}: the model computes NaN")
     assert "\n" not in message and "--lr" in message
-    with store.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 0
