@@ -20,7 +20,8 @@ from wood_train import config as cfg
 from wood_train import distributed
 from wood_train.data.datasets import epoch_order, fixed_order_loader, voc_classification_dataset
 from wood_train.data.transforms import TrainTransform
-from wood_train.device import autocast, resolve_device
+from wood_train.data.voc import resolve_masks
+from wood_train.device import autocast, pin_memory, resolve_device
 from wood_train.errors import ConfigError, DataError, OutputExistsError
 from wood_train.model.cam_net import build_cam_net
 from wood_train.model.checkpoint import load_cam_net, read_checkpoint, save_checkpoint
@@ -77,6 +78,8 @@ def train(config: TrainConfig) -> TrainResult:
     """Train per ``config``; returns the selected checkpoint. Safe to re-run: it resumes or reuses."""
     if config.voc_root is None:
         raise ConfigError("voc_root is required (the VOC-layout dataset to train on)")
+    # the mask folder actually read goes into the run key and config.yaml, never "auto"
+    config = cfg.replace(config, masks=resolve_masks(config.voc_root, config.masks))
     rank, world_size = distributed.setup()
     device = resolve_device(config.device)
     if device.type == "cuda" and world_size > 1:
@@ -97,7 +100,7 @@ def train(config: TrainConfig) -> TrainResult:
     torch.manual_seed(config.seed)
     transform = TrainTransform(config.resize_long, config.crop, config.hflip)
     dataset, _ids, class_names = voc_classification_dataset(
-        config.voc_root, config.train_split, transform, config.seed
+        config.voc_root, config.train_split, transform, config.seed, config.masks
     )
     model = build_model(config, len(class_names), device)
     backbone_params, head_params = model.parameter_groups(config.freeze_stem)
@@ -155,7 +158,9 @@ def train(config: TrainConfig) -> TrainResult:
         dataset.set_epoch(epoch)
         order = epoch_order(len(dataset), config.seed, epoch, rank, world_size)
         skip = step - epoch * steps_per_epoch
-        loader = fixed_order_loader(dataset, order, config.batch_size, skip, config.num_workers)
+        loader = fixed_order_loader(
+            dataset, order, config.batch_size, skip, config.num_workers, pin_memory(device)
+        )
         model.train()
         bar = progress(
             loader,
