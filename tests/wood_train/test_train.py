@@ -83,7 +83,8 @@ def test_finished_run_is_reused_and_records_selection(tiny_world, tmp_path):
     )
     model, meta = load_cam_net(first.checkpoint)
     assert meta["class_names"] == read_class_names(tiny_world.voc_root) and model.num_classes == 4
-    assert cfg.load_yaml(type(config), tmp_path / "run" / "config.yaml") == config
+    saved = cfg.load_yaml(type(config), tmp_path / "run" / "config.yaml")
+    assert saved == cfg.replace(config, masks="SegmentationClass")  # "auto", as resolved
     with pytest.raises(OutputExistsError, match="another config"):
         train(cfg.replace(config, lr=0.5, epochs=2))
 
