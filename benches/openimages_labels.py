@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.ingest.pool_sources import load_tag_map  # noqa: E402
+from curate.ingest.pool_sources import load_tag_map, tag_map_mids  # noqa: E402
 
 N_CLASSES = 20_000
 RELEVANT_SHARE = 0.05
@@ -36,7 +36,7 @@ POOL_IMAGES = 10_000
 
 
 def voc_mids() -> list[str]:
-    return sorted({mid for mids in load_tag_map().values() for mid in mids})
+    return sorted(tag_map_mids(load_tag_map()))
 
 
 def write_labels(path: Path, rows: int, seed: int = 0) -> list[str]:
@@ -67,8 +67,8 @@ SCAN = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 from curate.ingest.openimages import scan_label_files
-from curate.ingest.pool_sources import load_tag_map
-mids = sorted({{m for ms in load_tag_map().values() for m in ms}})
+from curate.ingest.pool_sources import load_tag_map, tag_map_mids
+mids = sorted(tag_map_mids(load_tag_map()))
 pool = json.load(open({pool!r})) if {pool!r} else None
 start = time.perf_counter()
 scan = scan_label_files([{labels!r}], mids, image_ids=pool)

@@ -28,7 +28,7 @@ POOL_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif",
 LIST_SUFFIXES = (".txt", ".lst")
 PATH_COLUMNS = ("path", "file", "filepath", "image", "ImageID")
 TAG_COLUMNS = ("tags", "labels", "LabelName")
-DEFAULT_TAG_MAP = Path(__file__).with_name("voc_openimages_tags.csv")
+DEFAULT_TAG_MAP = Path(__file__).with_name("voc_openimages_tags.csv")  # class,mid,name
 
 
 @dataclass(frozen=True)
@@ -162,21 +162,37 @@ class TagTable:
 
 
 def load_tag_map(path: str | Path | None = None) -> dict[str, set[str]]:
-    """Class name -> lower-cased tags that name it (a ``class,tag`` CSV; default: VOC->OpenImages)."""
+    """Class name -> the lower-cased tags that name it; default: the shipped VOC -> OpenImages map.
+
+    A map is a CSV with a ``class`` column and a ``mid`` column (OpenImages machine ids such as
+    ``/m/07jdr``; a ``name`` column beside them, e.g. ``Train``, is matched too), or the older
+    ``class,tag`` shape with display names.
+    """
     path = Path(path) if path else DEFAULT_TAG_MAP
     if not path.is_file():
         raise MissingInputError(f"tag map not found: {path}")
     mapping: dict[str, set[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        if set(reader.fieldnames or []) < {"class", "tag"}:
-            raise DataError(f"{path}: a tag map needs columns 'class' and 'tag'")
+        columns = set(reader.fieldnames or [])
+        tag_columns = [c for c in ("mid", "name", "tag") if c in columns]
+        if "class" not in columns or not ({"mid", "tag"} & columns):
+            raise DataError(
+                f"{path}: a tag map needs a 'class' column and a 'mid' (or 'tag') column; "
+                f"got {sorted(columns)}"
+            )
         for line_no, row in enumerate(reader, start=2):
-            name, tag = (row["class"] or "").strip(), (row["tag"] or "").strip()
-            if not name or not tag:
+            name = (row["class"] or "").strip()
+            tags = {(row[c] or "").strip().lower() for c in tag_columns} - {""}
+            if not name or not tags:
                 raise DataError(f"{path}, line {line_no}: empty class or tag")
-            mapping.setdefault(name, set()).add(tag.lower())
+            mapping.setdefault(name, set()).update(tags)
     return mapping
+
+
+def tag_map_mids(tag_map: dict[str, set[str]]) -> dict[str, str]:
+    """The OpenImages MIDs (``/m/...``, ``/g/...``) of a tag map -> their class."""
+    return {tag: name for name, tags in tag_map.items() for tag in tags if tag.startswith("/")}
 
 
 def foreground_tags(class_names: list[str], tag_map: dict[str, set[str]]) -> dict[str, str]:

@@ -16,8 +16,10 @@ from curate.ingest.pool_sources import (
     iter_pool,
     load_tag_map,
     split_tags,
+    tag_map_mids,
 )
 from curate.ingest.register import ingest_pool
+from wood_train.data.voc import VOC_CLASSES
 from wood_train.errors import DataError
 
 VOC_FG = foreground_tags(["boat", "person", "sofa", "train"], load_tag_map())
@@ -83,10 +85,14 @@ def test_bad_pool_sources_name_the_problem(tmp_path):
 
 def test_shipped_tag_map_covers_the_voc_classes():
     mapping = load_tag_map(DEFAULT_TAG_MAP)
-    assert len(mapping) == 20
-    assert mapping["person"] == {"person", "man", "woman", "boy", "girl"}
-    assert mapping["cow"] == {"cattle"} and mapping["sofa"] == {"sofa bed", "couch"}
-    assert mapping["tvmonitor"] == {"television", "computer monitor"}
+    assert sorted(mapping) == sorted(VOC_CLASSES)
+    mids = tag_map_mids(mapping)
+    assert set(mids.values()) == set(VOC_CLASSES)  # every class named by at least one MID
+    assert mids["/m/07jdr"] == "train" and mids["/m/01xq0k1"] == mids["/m/0cnyhnx"] == "cow"
+    assert {"/m/01g317", "/m/04yx4", "/m/03bt1vf", "/m/01bl7v", "/m/05r655"} <= {
+        m for m, c in mids.items() if c == "person"
+    }  # Person, Man, Woman, Boy, Girl
+    assert {"person", "man", "couch", "television"} <= set().union(*mapping.values())  # names
     assert VOC_FG["couch"] == "sofa" and VOC_FG["train"] == "train"
 
 
