@@ -42,21 +42,21 @@ LABEL_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence")
 MACHINE_SOURCE = "machine"
 DEFAULT_MIN_CONFIDENCE = 0.5
 DESCRIPTION_HEADER = ("LabelName", "DisplayName")
-BLOCK_BYTES = 1 << 24  # 16 MB of CSV text per streamed block
+BLOCK_BYTES = 1 << 20  # 1 MB of CSV text per block; the reader prefetches several
 MAX_EXAMPLES = 5
 
 
-def _first_line(path: Path) -> str:
+def _header(path: Path) -> list[str]:
+    """The column names of a CSV file (quoted or not), read from its first line."""
     if not path.is_file():
         raise MissingInputError(f"file not found: {path}")
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        return f.readline().strip()
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return [c.strip() for c in next(csv.reader([f.readline()]), [])]
 
 
 def is_image_label_file(path: str | Path) -> bool:
     """Whether ``path`` has OpenImages' image-label header (ImageID,Source,LabelName,Confidence)."""
-    header = [c.strip() for c in _first_line(Path(path)).split(",")]
-    return set(LABEL_COLUMNS) <= set(header)
+    return set(LABEL_COLUMNS) <= set(_header(Path(path)))
 
 
 def read_class_descriptions(path: str | Path) -> dict[str, str]:
@@ -227,7 +227,7 @@ def scan_label_files(
 
 
 def _scan_one(path, wanted, known, pool_ids, scan: LabelScan) -> list[pd.DataFrame]:
-    header = [c.strip() for c in _first_line(path).split(",")]
+    header = _header(path)
     missing = [c for c in LABEL_COLUMNS if c not in header]
     if missing:
         raise DataError(
@@ -289,9 +289,10 @@ def _decide(scan: LabelScan, kept: list[pd.DataFrame], min_confidence: float) ->
     scan.counts["machine_overruled"] = int(confident.isin(human.index[human == 0]).sum())
     present = human.index[human > 0].union(confident[~has_human])
     pairs = present.to_frame(index=False).sort_values(keys)
-    scan.present = {
-        image: tuple(group["LabelName"]) for image, group in pairs.groupby("ImageID", sort=True)
-    }
+    grouped: dict[str, list[str]] = {}
+    for image, label in zip(pairs["ImageID"].tolist(), pairs["LabelName"].tolist()):
+        grouped.setdefault(image, []).append(label)  # sorted pairs: ids and MIDs in order
+    scan.present = {image: tuple(labels) for image, labels in grouped.items()}
     scan.counts["present_images"] = len(scan.present)
 
 
