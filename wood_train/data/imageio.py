@@ -8,6 +8,7 @@ file name and a short machine-readable ``reason`` that curate records per image.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -55,6 +56,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _readable(exc: BaseException) -> str:
+    """An exception's message for a person: object reprs (``<_io.BytesIO object at 0x...>``) out."""
+    return (
+        re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or type(exc).__name__
+    )
+
+
 def decode_image(
     data: bytes, name: str | Path = "<bytes>", max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
@@ -72,12 +80,12 @@ def decode_image(
             img.load()
     except ImageDecodeError:
         raise
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(name, "not_an_image", str(exc)) from None
+    except UnidentifiedImageError:  # Pillow's message names an in-memory buffer object
+        raise ImageDecodeError(name, "not_an_image", "no known image format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(name, "too_large", str(exc)) from None
+        raise ImageDecodeError(name, "too_large", _readable(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        text = str(exc)
+        text = _readable(exc)
         reason = (
             "truncated"
             if "truncated" in text.lower() or "end of file" in text.lower()
@@ -92,7 +100,7 @@ def decode_image(
         rgb = _to_rgb(img)
         arr = np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError) as exc:
-        raise ImageDecodeError(name, "unreadable", str(exc)) from None
+        raise ImageDecodeError(name, "unreadable", _readable(exc)) from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageDecodeError(name, "unreadable", f"unexpected decoded shape {arr.shape}")
     return arr
