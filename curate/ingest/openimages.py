@@ -154,6 +154,10 @@ class LabelScan:
     unknown_mids: Counter = field(default_factory=Counter)
     files: list[str] = field(default_factory=list)
 
+    def lookup(self, item) -> tuple[str, ...] | None:
+        """The present MIDs of a pool file (a ``PoolFile``), found by its ImageID (file stem)."""
+        return self.present.get(image_id_of(item.relpath))
+
     def summary(self) -> str:
         c = self.counts
         text = (

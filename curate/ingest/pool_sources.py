@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.ingest.openimages import with_descendants
 from wood_train.errors import ConfigError, DataError, MissingInputError
 
 POOL_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
@@ -195,10 +196,34 @@ def tag_map_mids(tag_map: dict[str, set[str]]) -> dict[str, str]:
     return {tag: name for name, tags in tag_map.items() for tag in tags if tag.startswith("/")}
 
 
-def foreground_tags(class_names: list[str], tag_map: dict[str, set[str]]) -> dict[str, str]:
-    """Lower-cased tag -> the foreground class it names; every class also matches its own name."""
-    out = {}
+def foreground_tags(
+    class_names: list[str],
+    tag_map: dict[str, set[str]],
+    descriptions: dict[str, str] | None = None,
+    hierarchy: dict[str, set[str]] | None = None,
+) -> dict[str, str]:
+    """Lower-cased tag or MID -> the foreground class it names.
+
+    Every class also matches its own name. With OpenImages' ``descriptions`` (MID -> name), names
+    in the map gain their MIDs and MIDs their names; with the label ``hierarchy``
+    (``openimages.read_label_hierarchy``), every ``Subcategory`` descendant of a mapped MID names
+    the class too (Canoe under Boat), by MID and by name.
+    """
+    out: dict[str, str] = {}
     for name in class_names:
         for tag in {name.lower(), *tag_map.get(name, ())}:
             out[tag] = name
+    names = {mid.lower(): text.lower() for mid, text in (descriptions or {}).items()}
+    mid_of = {text: mid for mid, text in names.items()}
+    for tag, name in list(out.items()):
+        if tag in mid_of:
+            out.setdefault(mid_of[tag], name)
+    if hierarchy:
+        children = {m.lower(): {c.lower() for c in kids} for m, kids in hierarchy.items()}
+        mids = {tag: name for tag, name in out.items() if tag.startswith("/")}
+        for mid, name in with_descendants(mids, children).items():
+            out.setdefault(mid, name)
+    for tag, name in list(out.items()):
+        if tag in names:
+            out.setdefault(names[tag], name)
     return out

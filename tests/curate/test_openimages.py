@@ -1,5 +1,7 @@
 """OpenImages' label files read as published: MIDs, Confidence 0, machine thresholds, hierarchy."""
 
+import json
+
 import pytest
 
 from curate.ingest.openimages import (
@@ -130,3 +132,37 @@ def test_hierarchy_follows_subcategories_not_parts(published):
     assert extended[MID["Limousine"]] == extended[MID["Van"]] == "car"  # nearest class wins
     assert extended[MID["Taxi"]] == "vehicle"  # Taxi is Car's sibling in the published file
     assert MID["Wheel"] not in extended  # a Part, never a Subcategory
+
+
+def test_hardood_mine_reads_the_published_files(published, tmp_path, tmp_path_factory, capsys):
+    """The README's `mine` command on the format fixtures: two --tags-csv, both side files."""
+    from curate_fixtures import CLASS_NAMES, cached_planted_checkpoint, noise_image, save_image
+
+    from app.cli import main
+    from curate import store
+
+    human, machine, _, v7, hierarchy = published
+    pool = tmp_path / "openimages" / "train"
+    for seed, image in enumerate(IMAGES):  # OpenImages' downloader names files <ImageID>.jpg
+        save_image(noise_image(seed), pool / f"{image}.jpg")
+    db = tmp_path / "openimages.db"
+    checkpoint = cached_planted_checkpoint(tmp_path_factory)
+    argv = ["mine", "--preset", "world", "--db", str(db), "--checkpoint", str(checkpoint),
+            "--pool", str(pool), "--tags-csv", str(human), "--tags-csv", str(machine),
+            "--class-descriptions", str(v7), "--label-hierarchy", str(hierarchy),
+            "--workers", "0", "--image-size", "32"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    expected = {i: c for i, (c, _) in EXPECTED.items() if c in CLASS_NAMES}  # train, boat, bird
+    with store.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT p.relpath, i.status, i.bad_reason FROM images i JOIN image_paths p USING (sha256)"
+        ).fetchall()
+        config = json.loads(conn.execute("SELECT config_json FROM runs").fetchone()[0])
+    excluded = {
+        r["relpath"].removesuffix(".jpg") for r in rows if r["bad_reason"] == "tag_excluded"
+    }
+    assert excluded == set(expected)
+    assert config["tags_csv"] == [str(human), str(machine)]  # both kept, in order
+    assert f"{UNKNOWN_MID} (1)" in out  # counted and reported, not fatal
+    assert "tag-excluded per class: boat 2, bird 1, train 1" in out
