@@ -99,6 +99,7 @@ def test_evaluate_ignores_voc_border_pixels(voc_devkit, tmp_path):
 
 
 def test_train_cam_evaluate_on_voc_as_downloaded(voc_devkit, tmp_path, capsys):
+    """The README's commands: IRN's list where it lies, then copied into ImageSets as it says."""
     root, run = voc_devkit.voc_root, tmp_path / "run"
     train_args = [
         "train", "--preset", "world", "--voc-root", str(root), "--out-dir", str(run),
@@ -108,16 +109,18 @@ def test_train_cam_evaluate_on_voc_as_downloaded(voc_devkit, tmp_path, capsys):
     ]  # fmt: skip
     assert main(train_args) == 2  # both mask folders present: the user must pick
     assert "--masks SegmentationClassAug" in capsys.readouterr().err
-    assert main([*train_args, "--masks", "SegmentationClassAug"]) == 0
+    assert main([*train_args, "--masks", "SegmentationClass"]) == 0  # labels: cls_labels.npy
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["config"]["masks"] == "SegmentationClassAug"
+    assert saved["config"]["masks"] == "SegmentationClass"
     assert saved["class_names"] == list(VOC_CLASSES)
     assert list(pd.read_csv(run / "train_log.csv").step) == [1]  # one step: 6 images, batch 6
 
+    shutil.copy(voc_devkit.irn_train_aug, root / "ImageSets" / "Segmentation" / "train_aug.txt")
     cams = tmp_path / "cams"
     cam_args = ["cam", "--checkpoint", str(run / "model.pt"), "--voc-root", str(root)]
-    cam_args += ["--split", "train", "--out", str(cams), "--scales", "1.0", "0.5"]
+    cam_args += ["--split", "train_aug", "--out", str(cams), "--scales", "1.0", "0.5"]
     assert main([*cam_args, "--num-workers", "0"]) == 0  # labels from cls_labels.npy: no --masks
+    assert len(list(cams.glob("*.npy"))) == len(IRN_TRAIN_AUG)  # what IRN's cam_to_ir_label reads
     for image_id in SPLITS["train"]:
         keys, high_res = load_cam(cams / f"{image_id}.npy")
         np.testing.assert_array_equal(keys, np.flatnonzero(planted_label(image_id)))
