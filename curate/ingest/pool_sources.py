@@ -72,7 +72,8 @@ def _split_listed(path_text: str, base: Path) -> PoolFile:
 
 def _iter_text_list(source: Path) -> Iterator[PoolFile]:
     base = source.resolve().parent
-    with open(source, encoding="utf-8") as f:
+    # surrogateescape: a listed name that is not valid UTF-8 keeps its bytes (see store.path_value)
+    with open(source, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             text = line.strip()
             if text and not text.startswith("#"):
@@ -92,7 +93,7 @@ def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, .
 
 def _iter_csv(source: Path, path_column: str | None, tags_column: str | None) -> Iterator[PoolFile]:
     base = source.resolve().parent
-    with open(source, newline="", encoding="utf-8") as f:
+    with open(source, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
         path_col = _pick_column(header, path_column, PATH_COLUMNS, source)
@@ -140,7 +141,7 @@ class TagTable:
         if not self.path.is_file():
             raise MissingInputError(f"tags CSV not found: {self.path}")
         self._tags: dict[str, set[str]] = {}
-        with open(self.path, newline="", encoding="utf-8") as f:
+        with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
             key_col = _pick_column(header, path_column, PATH_COLUMNS, self.path)

@@ -259,3 +259,16 @@ def test_runs_killed_with_sigkill_are_marked_interrupted_by_the_next_command(db)
         for process in (killed, alive):
             process.kill()
             process.wait()
+
+
+def test_a_list_file_may_name_files_in_any_encoding(tmp_path, db):
+    pool = tmp_path / "pool"
+    save_image(noise_image(1), pool / "plain.png")
+    with open(os.fsencode(pool) + b"/" + NON_UTF8, "wb") as f:
+        f.write(_png_bytes(noise_image(2)))
+    listing = pool / "list.txt"
+    listing.write_bytes(b"plain.png\n" + NON_UTF8 + b"\n")  # a Latin-1 list, as old tools write
+    _bounded(_ingest, db, listing)
+    counts, problems = _report(db)
+    assert counts["new_images"] == 2 and problems == []
+    assert {rel for _, rel in _paths(db)} == {"plain.png", os.fsdecode(NON_UTF8)}
