@@ -34,6 +34,7 @@ from typing import Protocol
 
 from curate import store
 from curate.ingest.image_files import (
+    BAD_PATH,
     DEFAULT_MAX_FILE_MB,
     MISSING,
     NOT_REGULAR,
@@ -48,7 +49,7 @@ from curate.ingest.pool_sources import PoolFile
 from wood_train.progress import progress
 
 READ_THREADS = 4  # file reads and hashlib release the GIL; threads hide disk latency
-NOT_READ = (MISSING, UNREADABLE, NOT_REGULAR, TOO_LARGE, OUTSIDE_ROOT, "bad_relative_path")
+NOT_READ = (MISSING, UNREADABLE, NOT_REGULAR, TOO_LARGE, OUTSIDE_ROOT, BAD_PATH)
 MAX_PROBLEMS = 10
 
 
@@ -183,7 +184,10 @@ def _ingest_chunk(
         resolved.append((item, sha, n_bytes))
 
     with store.transaction(conn, immediate=True):
-        root_ids = {root: store.ensure_root(conn, root) for root in {f.root for f in chunk}}
+        # only roots of files actually registered: a refused link's target folder is never one
+        root_ids = {
+            root: store.ensure_root(conn, root) for root in {f.root for f, _, _ in resolved}
+        }
         for item, sha, n_bytes in resolved:
             _register(conn, item, root_ids[item.root], sha, n_bytes, run_id, fg_tags, report)
 

@@ -106,6 +106,10 @@ def test_special_files_and_huge_files_are_refused_before_reading(tmp_path, db):
     counts, problems = _report(followed)
     assert _reasons(problems)["zero"] == "not regular file: a character device"
     assert counts["new_images"] == 1
+    assert {root for root, _ in _paths(followed)} == {str(pool.resolve())}
+    with store.connect(followed) as conn:  # /dev never becomes a root the app would serve from
+        roots = [store.path_text(r[0]) for r in conn.execute("SELECT path FROM roots")]
+    assert roots == [str(pool.resolve())]
 
 
 def _png_bytes(image) -> bytes:

@@ -72,6 +72,14 @@ def test_the_threshold_is_a_flag(published):
         scan_label_files([human], mid_class, min_confidence=0.0)
 
 
+def test_a_human_row_overrules_the_machine_only_when_its_file_is_given(published):
+    human, machine, *_ = published
+    mid_class = _voc_mid_class()
+    alone = scan_label_files([machine], mid_class).present
+    assert set(alone) == {"0000048549557964", "000004f4400f6ec5"}  # both machine Boats >= 0.5
+    assert "000004f4400f6ec5" not in scan_label_files([machine, human], mid_class).present
+
+
 def test_one_concatenated_file_equals_two_files(published, tmp_path):
     human, machine, *_ = published
     both = tmp_path / "both.csv"
