@@ -24,7 +24,20 @@ import numpy as np
 import pandas as pd
 
 from curate import store
-from curate.ingest.pool_sources import TagTable, foreground_tags, iter_pool, load_tag_map
+from curate.ingest.openimages import (
+    image_id_of,
+    is_image_label_file,
+    read_class_descriptions,
+    read_label_hierarchy,
+    scan_label_files,
+)
+from curate.ingest.pool_sources import (
+    TagTable,
+    foreground_tags,
+    iter_pool,
+    load_tag_map,
+    tag_map_mids,
+)
 from curate.ingest.register import ingest_pool
 from curate.mine_config import EMBEDDERS, HARDNESS_MODES, MineConfig
 from curate.neighbours.vector_index import forget_missing_vectors
@@ -75,6 +88,19 @@ def _check(config: MineConfig) -> None:
     for source in config.pool:
         if not Path(source).exists():
             raise MissingInputError(f"pool source not found: {source}")
+    for flag, path in [("--tags-csv", t) for t in config.tags_csv] + [
+        ("--class-descriptions", config.class_descriptions),
+        ("--label-hierarchy", config.label_hierarchy),
+        ("--tag-map", config.tag_map),
+    ]:
+        if path is not None and not Path(path).is_file():
+            raise MissingInputError(f"{flag} {path}: file not found")
+    if not 0.0 < config.min_tag_confidence <= 1.0:
+        raise ConfigError(
+            f"--min-tag-confidence must be in (0, 1], got {config.min_tag_confidence}"
+        )
+    if config.max_file_mb <= 0:
+        raise ConfigError(f"--max-file-mb must be positive, got {config.max_file_mb}")
     if config.queue_size < 0 or config.batch_size < 1 or (config.workers or 0) < 0:
         raise ConfigError("--queue-size, --batch-size and --workers must not be negative")
 
@@ -137,19 +163,67 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
     return MineResult(run_id, db, dict(counts), bad, queue)
 
 
+def _tag_sources(config: MineConfig, class_names, log) -> tuple[dict[str, str], list]:
+    """The foreground tags (names and MIDs) and the sources of tags outside the pool listing."""
+    tag_map = load_tag_map(config.tag_map)
+    descriptions = (
+        read_class_descriptions(config.class_descriptions) if config.class_descriptions else None
+    )
+    hierarchy = read_label_hierarchy(config.label_hierarchy) if config.label_hierarchy else None
+    fg_tags = foreground_tags(class_names, tag_map, descriptions, hierarchy)
+    if descriptions is not None:
+        known = {mid.lower() for mid in descriptions}
+        mapped = tag_map_mids({c: tag_map.get(c, set()) for c in class_names})
+        unknown = sorted(mid for mid in mapped if mid not in known)
+        if unknown:
+            log(f"tag map: {len(unknown)} MID(s) not in {config.class_descriptions}: {unknown[:5]}")
+    label_files = [p for p in config.tags_csv if is_image_label_file(p)]
+    sources: list = [
+        TagTable(p, config.path_column, config.tags_column)
+        for p in config.tags_csv
+        if p not in label_files
+    ]
+    if label_files:
+        pool_ids = {
+            image_id_of(item.relpath)
+            for source in config.pool
+            for item in iter_pool(source, config.path_column, config.tags_column)
+        }
+        scan = scan_label_files(
+            label_files,
+            [tag for tag in fg_tags if tag.startswith("/")],
+            config.min_tag_confidence,
+            known_mids=descriptions,
+            image_ids=pool_ids,
+        )
+        log(scan.summary())
+        sources.append(scan)
+    return fg_tags, sources
+
+
 def _ingest_step(conn, config: MineConfig, class_names, run_id, counts, log) -> None:
-    fg_tags = foreground_tags(class_names, load_tag_map(config.tag_map))
-    tag_table = None
-    if config.tags_csv:
-        tag_table = TagTable(config.tags_csv, config.path_column, config.tags_column)
+    fg_tags, tag_sources = _tag_sources(config, class_names, log)
     for source in config.pool:
         started = time.perf_counter()
         files = iter_pool(source, config.path_column, config.tags_column)
-        report = ingest_pool(conn, files, fg_tags, run_id, tag_table, rehash=config.rehash)
+        report = ingest_pool(
+            conn,
+            files,
+            fg_tags,
+            run_id,
+            tag_sources,
+            rehash=config.rehash,
+            max_file_bytes=int(config.max_file_mb * 2**20),
+            follow_symlinks=config.follow_symlinks,
+        )
         counts.update({f"ingest_{k}": v for k, v in report.counts.items()})
         log(f"{report.summary()}  [{source}, {time.perf_counter() - started:.1f} s]")
+        if report.excluded_by:
+            ranked = sorted(report.excluded_by.items(), key=lambda kv: (-kv[1], kv[0]))
+            shown = ", ".join(f"{name} {n}" for name, n in ranked)
+            log(f"  tag-excluded per class: {shown}")
         for problem in report.problems:
-            log(f"  cannot read: {problem}")
+            log(f"  not read: {problem}")
 
 
 def _forget_missing_vectors_step(conn, log) -> None:
@@ -173,7 +247,8 @@ def _score_step(conn, config: MineConfig, model, meta, device, run_id, counts, l
     scorer = Scorer(model, meta["weights_sha256"], list(meta["class_names"]), config.image_size,
                     device, clip, clip_name)  # fmt: skip
     report = score_pool(conn, scorer, run_id, config.hardness, config.heatmap_size,
-                        config.batch_size, config.workers, config.amp)  # fmt: skip
+                        config.batch_size, config.workers, config.amp,
+                        int(config.max_file_mb * 2**20))  # fmt: skip
     seconds = time.perf_counter() - started
     counts.update({f"score_{k.replace(':', '_')}": v for k, v in report.counts.items()})
     rate = f", {report.counts['scored'] / seconds:.1f} img/s" if report.counts["scored"] else ""

@@ -29,17 +29,35 @@ class MineConfig:
     pool: tuple[str, ...] = config_field(
         (), "pool sources: folders, .txt lists of paths, or .csv with paths"
     )
-    tags_csv: Path | None = config_field(
-        None, "CSV of image-level tags (path or ImageID column, tags column)"
+    tags_csv: tuple[Path, ...] = config_field(
+        (),
+        "image-level tags: OpenImages' image-label CSVs as published (human-verified and/or "
+        "machine-generated), or a CSV with a path/ImageID column and a tags column",
+        repeat=True,
+    )
+    class_descriptions: Path | None = config_field(
+        None, "OpenImages' MID -> name file (oidv7-class-descriptions.csv or the boxable one)"
+    )
+    label_hierarchy: Path | None = config_field(
+        None, "OpenImages' bbox_labels_600_hierarchy.json: exclude a class's subcategories too"
+    )
+    min_tag_confidence: float = config_field(
+        0.5, "a machine-generated OpenImages label excludes an image from this confidence up"
     )
     tag_map: Path | None = config_field(
-        None, "class,tag CSV; none = the shipped VOC -> OpenImages map"
+        None, "class,mid,name CSV; none = the shipped VOC -> OpenImages map"
     )
     path_column: str | None = config_field(
         None, "path column of a pool/tags CSV; none = auto-detect"
     )
     tags_column: str | None = config_field(
         None, "tags column of a pool/tags CSV; none = auto-detect"
+    )
+    max_file_mb: float = config_field(
+        256.0, "pool files larger than this are refused before they are read"
+    )
+    follow_symlinks: bool = config_field(
+        False, "register symlinks that lead out of the pool root as their targets (else refused)"
     )
     rehash: bool = config_field(False, "re-hash files already registered with the same size")
     # scoring (WOOD_SPEC section 2)

@@ -13,10 +13,12 @@ functions take ``conn``, never a path. Every write runs in a short transaction::
         with transaction(conn):                    # BEGIN ... COMMIT, ROLLBACK on error
             conn.execute("INSERT INTO annotators VALUES (?, ?)", ("ana", now_iso()))
 
-Schema (version 1): ``meta`` (``schema_version``, ``classes``), ``runs`` (one row per command with
-its config, checkpoint hash, tool version, start/end, status and counts), ``roots`` (absolute
-folders; the app serves images only from these), ``images`` (one row per distinct file content,
-keyed by SHA-256; ``status`` ok|bad with ``bad_reason``), ``image_paths`` (every path of an image),
+Schema (version 2): ``meta`` (``schema_version``, ``classes``), ``runs`` (one row per command with
+its config, checkpoint hash, tool version, start/end, status, counts, and the pid, host and
+process start of the process that holds it), ``roots`` (absolute folders; the app serves images
+only from these), ``images`` (one row per distinct file content, keyed by SHA-256; ``status``
+ok|bad with ``bad_reason``), ``image_paths`` (every path of an image; a name that is not valid
+UTF-8 is stored as its raw bytes, see ``path_value``),
 ``scores`` (per image and checkpoint: class probabilities, ``hardness_score``, heatmap),
 ``embeddings`` (row index into ``<db stem>.embeddings/<embedder>.f32`` beside the DB),
 ``dup_groups``, ``queue``, ``annotators``, ``leases`` and ``verdicts``. Signals are named
@@ -29,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import os
 import shutil
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -100,8 +104,14 @@ def _migrate_to_v1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _migrate_to_v2(conn: sqlite3.Connection) -> None:
+    """``runs`` records which process holds a run, so a killed one can be told apart."""
+    for column in ("pid INTEGER", "host TEXT", "process_started TEXT"):
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+
+
 # Ordered: MIGRATIONS[i] takes a store from schema version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2]
 STORE_SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -210,7 +220,9 @@ def open_store(db_file: str | Path) -> Path:
     """Create the store or migrate it to ``STORE_SCHEMA_VERSION``; refuse a newer schema.
 
     Safe to call from several processes at once: migrations run under the write lock and re-read
-    the version inside it. Returns the store's absolute path.
+    the version inside it. Runs left ``running`` by a process that no longer lives (killed with
+    ``kill -9``, a power cut) are marked ``interrupted`` (``mark_interrupted_runs``). Returns the
+    store's absolute path.
     """
     path = Path(db_file).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,14 +234,14 @@ def open_store(db_file: str | Path) -> Path:
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{path}: not a usable curation database ({exc})") from None
         _refuse_newer(path, version)
-        if version == STORE_SCHEMA_VERSION:
-            return path
-        with transaction(conn, immediate=True):
-            version = _read_version(conn)
-            _refuse_newer(path, version)
-            for step in range(version, STORE_SCHEMA_VERSION):
-                MIGRATIONS[step](conn)
-            set_meta(conn, "schema_version", str(STORE_SCHEMA_VERSION))
+        if version != STORE_SCHEMA_VERSION:
+            with transaction(conn, immediate=True):
+                version = _read_version(conn)
+                _refuse_newer(path, version)
+                for step in range(version, STORE_SCHEMA_VERSION):
+                    MIGRATIONS[step](conn)
+                set_meta(conn, "schema_version", str(STORE_SCHEMA_VERSION))
+        mark_interrupted_runs(conn)
     finally:
         conn.close()
     return path
@@ -310,19 +322,72 @@ def start_run(
         from wood_train.config import package_versions
 
         tool_version = package_versions().get("hardood")
+    mark_interrupted_runs(conn)
     with transaction(conn):
         cursor = conn.execute(
             "INSERT INTO runs(command, config_json, checkpoint_sha256, tool_version, started_at, "
-            "status) VALUES (?, ?, ?, ?, ?, 'running')",
+            "status, pid, host, process_started) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             (
                 command,
                 json.dumps(config, sort_keys=True, default=str),
                 checkpoint_sha256,
                 tool_version,
                 now_iso(),
+                os.getpid(),
+                socket.gethostname(),
+                process_started(os.getpid()),
             ),
         )
         return int(cursor.lastrowid)
+
+
+def process_started(pid: int) -> str | None:
+    """When process ``pid`` started, as a string that differs for a later process with the same pid.
+
+    Linux: the boot id and the start time in clock ticks (``/proc/<pid>/stat`` field 22). None
+    where ``/proc`` does not say (then only whether the pid lives can be checked).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return f"{boot}:{fields[19]}"
+
+
+def _process_alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        pass
+    return started is None or process_started(pid) in (None, started)
+
+
+def mark_interrupted_runs(conn: sqlite3.Connection) -> list[int]:
+    """Mark ``interrupted`` every ``running`` run of this host whose process is gone.
+
+    A process is gone when its pid no longer exists or now belongs to a process that started
+    later (pids are reused). Runs of other hosts, and runs recorded before the store kept pids,
+    cannot be checked from here and are left alone. Returns the run ids it marked.
+    """
+    host = socket.gethostname()
+    rows = conn.execute(
+        "SELECT run_id, pid, process_started FROM runs "
+        "WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
+        (host,),
+    ).fetchall()
+    dead = [r["run_id"] for r in rows if not _process_alive(r["pid"], r["process_started"])]
+    if dead:
+        with transaction(conn):
+            conn.executemany(
+                "UPDATE runs SET status = 'interrupted', ended_at = ? "
+                "WHERE run_id = ? AND status = 'running'",
+                [(now_iso(), run_id) for run_id in dead],
+            )
+    return dead
 
 
 def finish_run(
@@ -341,9 +406,36 @@ def finish_run(
 # ---- roots and paths ------------------------------------------------------------------------
 
 
+def path_value(text: str | Path) -> str | bytes:
+    """How a file name is stored: as text, or as its raw bytes when it is not valid UTF-8.
+
+    File names are bytes on POSIX; Python gives undecodable bytes back as lone surrogates
+    (``caf\udce9.jpg`` for ``caf\xe9.jpg``), which SQLite text cannot hold. Such a name is kept
+    losslessly as a BLOB in the same column (a BLOB never equals a TEXT value, so the two forms
+    cannot collide); ``path_text`` reads either back.
+    """
+    text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def path_text(value: str | bytes) -> str:
+    """A stored file name (``path_value``) as Python's path string, usable with ``open``."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def shown_path(value: str | bytes | Path) -> str:
+    """A file name for people: undecodable bytes written as ``\xe9`` (``caf\xe9.jpg``)."""
+    raw = value if isinstance(value, bytes) else os.fsencode(str(value))
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
 def ensure_root(conn: sqlite3.Connection, folder: str | Path) -> int:
     """The ``root_id`` of an absolute folder, registering it on first use."""
-    path = str(Path(folder).resolve())
+    path = path_value(Path(folder).resolve())
     conn.execute("INSERT OR IGNORE INTO roots(path) VALUES (?)", (path,))
     return int(conn.execute("SELECT root_id FROM roots WHERE path = ?", (path,)).fetchone()[0])
 

@@ -36,7 +36,9 @@ T = TypeVar("T")
 _MISSING = object()
 
 
-def config_field(default: Any, help: str, *, flag: str | None = "", required: bool = False):
+def config_field(
+    default: Any, help: str, *, flag: str | None = "", required: bool = False, repeat: bool = False
+):
     """A config dataclass field with its command-line help.
 
     Parameters
@@ -51,10 +53,23 @@ def config_field(default: Any, help: str, *, flag: str | None = "", required: bo
     required
         The command refuses to run without a value (checked where the config is used; the flag
         itself stays optional so a YAML ``--config`` can supply it).
+    repeat
+        For a tuple field: the flag may be given more than once and the values add up
+        (``--tags-csv a.csv --tags-csv b.csv``); otherwise the last one wins.
     """
     return dataclasses.field(
-        default=default, metadata={"help": help, "flag": flag, "required": required}
+        default=default,
+        metadata={"help": help, "flag": flag, "required": required, "repeat": repeat},
     )
+
+
+class _ExtendAction(argparse.Action):
+    """``action="extend"`` that starts from an empty list (the default here is a sentinel)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, _MISSING)
+        items = [] if current is _MISSING else list(current)
+        setattr(namespace, self.dest, items + list(values))
 
 
 def field_help(cls: type, name: str) -> str:
@@ -132,14 +147,16 @@ def add_config_args(
             )
             continue
         conv, nargs = _converter(hints[field.name])
+        repeat = field.metadata.get("repeat", False) and nargs == "*"
         group.add_argument(
             flag,
             dest=field.name,
             type=conv,
-            nargs=nargs,
+            nargs="+" if repeat else nargs,
+            action=_ExtendAction if repeat else "store",
             default=_MISSING,
             metavar=field.name.upper() if nargs is None else "V",
-            help=f"{help_text} (default: {default})".strip(),
+            help=f"{help_text} (default: {default}{'; may be repeated' if repeat else ''})".strip(),
         )
 
 

@@ -30,7 +30,7 @@ from wood_train import distributed
 from wood_train.data import voc
 from wood_train.data.datasets import epoch_order, fixed_order_loader, voc_classification_dataset
 from wood_train.data.transforms import TrainTransform
-from wood_train.device import autocast, resolve_device
+from wood_train.device import autocast, pin_memory, resolve_device
 from wood_train.errors import ConfigError, DataError, DivergedError, OutputExistsError
 from wood_train.model.cam_net import build_cam_net
 from wood_train.model.checkpoint import load_cam_net, read_checkpoint, save_checkpoint
@@ -173,6 +173,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = _say) -> TrainResult
     ``log`` receives one line when a run resumes (rank 0 only).
     """
     _check_config(config)
+    # the mask folder actually read goes into the run key and config.yaml, never "auto"
+    config = cfg.replace(config, masks=voc.resolve_masks(config.voc_root, config.masks))
     rank, world_size = distributed.setup()
     log = log if rank == 0 else (lambda _: None)
     device = resolve_device(config.device)
@@ -184,7 +186,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = _say) -> TrainResult
     torch.manual_seed(config.seed)
     transform = TrainTransform(config.resize_long, config.crop, config.hflip)
     dataset, ids, class_names = voc_classification_dataset(
-        config.voc_root, config.train_split, transform, config.seed
+        config.voc_root, config.train_split, transform, config.seed, config.masks
     )
     ood = _load_ood_set(config, class_names, dataset.paths) if config.uses_ood else None
     model, init_sha = build_model(config, len(class_names))
@@ -264,7 +266,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = _say) -> TrainResult
         dataset.set_epoch(epoch - 1)  # 0-based for the augmentation and order seeds
         order = epoch_order(len(dataset), config.seed, epoch - 1, rank, world_size)
         skip = step - (epoch - 1) * steps_per_epoch
-        loader = fixed_order_loader(dataset, order, config.batch_size, skip, config.num_workers)
+        loader = fixed_order_loader(
+            dataset, order, config.batch_size, skip, config.num_workers, pin_memory(device)
+        )
         model.train()
         bar = progress(loader, total=steps_per_epoch, initial=skip,
                        desc=f"epoch {epoch}/{config.epochs}", unit="step")  # fmt: skip

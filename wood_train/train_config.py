@@ -20,6 +20,10 @@ class TrainConfig:
     val_split: str | None = config_field(
         "val", "held-out split with masks for model selection; none = last epoch"
     )
+    masks: str = config_field(
+        "auto",
+        "auto (the only mask folder present) | SegmentationClassAug | SegmentationClass; name one when both exist",
+    )
     out_dir: Path = config_field(
         Path("runs/train"), "folder for checkpoints, logs and the resolved config"
     )

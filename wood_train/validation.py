@@ -20,9 +20,9 @@ from wood_train.data.transforms import normalize_image
 from wood_train.data.voc import image_path, load_image_labels, mask_path, read_split
 
 
-def _has_masks(voc_root, ids) -> bool:
+def _has_masks(voc_root, ids, masks: str) -> bool:
     try:
-        mask_path(voc_root, ids[0])
+        mask_path(voc_root, ids[0], masks)
     except FileNotFoundError:
         return False
     return True
@@ -32,8 +32,8 @@ def _has_masks(voc_root, ids) -> bool:
 def validate(model, config, class_names: list[str], device, max_images: int = 2000) -> dict:
     """Returns ``{"val_map", "val_cam_miou"?, "selection_score"?}`` on ``config.val_split``."""
     ids = read_split(config.voc_root, config.val_split)[:max_images]
-    labels = load_image_labels(config.voc_root, ids, len(class_names))
-    with_masks = _has_masks(config.voc_root, ids)
+    labels = load_image_labels(config.voc_root, ids, len(class_names), config.masks)
+    with_masks = _has_masks(config.voc_root, ids, config.masks)
     sweep = ThresholdSweepConfusion(DEFAULT_THRESHOLDS, len(class_names) + 1)
     cue_above, cue_total = np.zeros(len(sweep.thresholds), np.int64), 0
     was_training = model.training
@@ -45,7 +45,7 @@ def validate(model, config, class_names: list[str], device, max_images: int = 20
         scores.append(torch.sigmoid(model(x))[0].float().cpu().numpy())
         if with_masks:
             keys, high_res = compute_cam(model, [x], image.shape[:2], label)
-            target = read_label_png(mask_path(config.voc_root, image_id))
+            target = read_label_png(mask_path(config.voc_root, image_id, config.masks))
             fg_class, fg_score = strongest_class(keys, high_res)
             sweep.update(target, fg_class, fg_score)
             cue_path = Path(config.voc_root) / "CueMasks" / f"{image_id}.png"

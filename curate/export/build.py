@@ -76,7 +76,9 @@ def _read_reviews(conn: sqlite3.Connection) -> tuple[pd.DataFrame, pd.DataFrame,
             "WHERE p.sha256 IN (SELECT sha256 FROM verdicts WHERE undone = 0) "
             "ORDER BY p.root_id, p.relpath"
         ):
-            locations.setdefault(row[0], []).append((row[1], row[2]))
+            locations.setdefault(row[0], []).append(
+                (store.path_text(row[1]), store.path_text(row[2]))
+            )
         runs = {
             row["run_id"]: {"run_id": row["run_id"], "command": row["command"],
                             "config": json.loads(row["config_json"])}
@@ -87,11 +89,25 @@ def _read_reviews(conn: sqlite3.Connection) -> tuple[pd.DataFrame, pd.DataFrame,
 
 
 def _image_location(sha256: str, locations: list[tuple[str, str]]) -> tuple[str, str]:
-    """The first registered (root, relpath) that is a file inside its root."""
-    for root, relpath in locations:
-        if contained_file(root, relpath) is not None:
+    """The first registered (root, relpath) that is a file inside its root, with a UTF-8 name.
+
+    The manifest is UTF-8 text, so a path whose name is not valid UTF-8 cannot be written there.
+    """
+    usable = [(root, rel) for root, rel in locations if contained_file(root, rel) is not None]
+    for root, relpath in usable:
+        if store.path_value(root) == root and store.path_value(relpath) == relpath:
             return root, relpath
-    where = f" (first: {locations[0][1]!r} under {locations[0][0]})" if locations else ""
+    if usable:
+        raise DataError(
+            f"image {sha256[:12]}: its file name {store.shown_path(usable[0][1])!r} (under "
+            f"{store.shown_path(usable[0][0])}) is not valid UTF-8, which a manifest cannot hold; "
+            "rename the file and re-run `hardood mine`, then export again"
+        )
+    where = (
+        f" (first: {store.shown_path(locations[0][1])!r} under {store.shown_path(locations[0][0])})"
+        if locations
+        else ""
+    )
     raise MissingInputError(
         f"image {sha256[:12]}: no registered path is a file inside its root{where}; "
         "was the pool moved?"

@@ -1,40 +1,130 @@
-"""Find an image's file on disk, only inside the roots registered in the store.
+"""Find an image's file on disk, only inside the roots registered in the store, and read it safely.
 
-The app and the export never open a path taken from a row as it stands: the root is resolved, the
-relative path is joined and resolved (following symlinks), and the result must lie inside the
-resolved root. ``read_image_bytes`` also checks that the bytes hash to the image's SHA-256, so a
-crafted row can only ever serve the exact file content that was mined.
+The app, the export, ingest and scoring never open a path taken from a row or a listing as it
+stands: the root is resolved, the relative path is joined and resolved (following symlinks), and
+the result must lie inside the resolved root (``locate_in_root``, the one containment rule).
+``read_pool_file`` then opens it without blocking, reads only a regular file, and refuses one
+above a size cap before reading it, so a FIFO named ``x.jpg`` or a link to ``/dev/zero`` cannot
+hang or exhaust a run. ``read_image_bytes`` also checks that the bytes hash to the image's
+SHA-256, so a crafted row can only ever serve the exact file content that was mined.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import stat
 from pathlib import Path, PurePosixPath
 
 from curate import store
 from wood_train.errors import DataError
 
+DEFAULT_MAX_FILE_MB = 256.0
+# refusal reasons (recorded per file like the decoder's reasons)
+OUTSIDE_ROOT = "outside_pool_root"
+NOT_REGULAR = "not_regular_file"
+TOO_LARGE = "file_too_large"
+MISSING = "missing_file"
+UNREADABLE = "unreadable_file"
+BAD_PATH = "bad_relative_path"
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
 
-def contained_file(root: str | Path, relpath: str) -> Path | None:
-    """``root / relpath`` resolved, or None if it is not a regular file inside ``root``.
 
-    Rejects absolute and ``..`` relative paths, NUL bytes, roots that are not absolute folders,
-    and symlinks (anywhere along the path) that lead out of the root.
+class RefusedFile(Exception):
+    """A pool file that is not read: ``reason`` is one of the reasons above, ``detail`` says why."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = ""):
+        self.path, self.reason, self.detail = Path(path), reason, detail
+        shown = store.shown_path(self.path)
+        super().__init__(
+            f"{shown}: {reason.replace('_', ' ')}" + (f" ({detail})" if detail else "")
+        )
+
+
+def locate_in_root(root: str | Path, relpath: str) -> tuple[Path | None, str | None]:
+    """``(root / relpath resolved, None)``, or ``(None, reason)`` when the file may not be used.
+
+    Rejects absolute and ``..`` relative paths, NUL bytes and roots that are not absolute folders
+    (``bad_relative_path``), missing files, and symlinks (anywhere along the path) that lead out
+    of the root (``outside_pool_root``). It does not open the file: see ``read_pool_file``.
     """
     if not relpath or "\x00" in relpath or "\x00" in str(root):
-        return None
+        return None, BAD_PATH
     rel = PurePosixPath(relpath.replace("\\", "/"))
     if rel.is_absolute() or ".." in rel.parts or not Path(root).is_absolute():
-        return None
+        return None, BAD_PATH
     try:
         real_root = Path(root).resolve(strict=True)
         candidate = (real_root / rel).resolve(strict=True)
     except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
+        return None, MISSING
+    if not real_root.is_dir():
+        return None, BAD_PATH
+    if not candidate.is_relative_to(real_root):
+        return None, OUTSIDE_ROOT
+    return candidate, None
+
+
+def contained_file(root: str | Path, relpath: str) -> Path | None:
+    """``root / relpath`` resolved, or None if it is not a regular file inside ``root``."""
+    found, _ = locate_in_root(root, relpath)
+    try:
+        return found if found is not None and stat.S_ISREG(found.stat().st_mode) else None
+    except OSError:
         return None
-    if not real_root.is_dir() or not candidate.is_relative_to(real_root):
+
+
+def _kind_of(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _kind(path: str | Path) -> str | None:
+    """What a path that is not a regular file is ("a socket"), or None (regular, or no stat)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
         return None
-    return candidate if candidate.is_file() else None
+    return None if stat.S_ISREG(mode) else _kind_of(mode)
+
+
+def read_pool_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; anything else raises ``RefusedFile``.
+
+    The file is opened non-blocking (a FIFO without a writer would block a plain ``open``) and
+    checked on the open descriptor, so it cannot be swapped between the check and the read; at
+    most ``max_bytes + 1`` bytes are read even if it grows meanwhile.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise RefusedFile(path, MISSING) from None
+    except OSError as exc:  # a socket (ENXIO), a folder (EISDIR), no permission ...
+        kind = _kind(path)
+        if kind is not None:
+            raise RefusedFile(path, NOT_REGULAR, kind) from None
+        raise RefusedFile(path, UNREADABLE, os.strerror(exc.errno or 0)) from None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RefusedFile(path, NOT_REGULAR, _kind_of(info.st_mode))
+        limit = f"{info.st_size} bytes > --max-file-mb {max_bytes / 2**20:g}"
+        if info.st_size > max_bytes:
+            raise RefusedFile(path, TOO_LARGE, limit)
+        try:
+            data = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise RefusedFile(path, UNREADABLE, os.strerror(exc.errno or 0)) from None
+    if len(data) > max_bytes:
+        raise RefusedFile(path, TOO_LARGE, f"grew past --max-file-mb {max_bytes / 2**20:g}")
+    return data
 
 
 def image_locations(conn: sqlite3.Connection, sha256: str) -> list[tuple[str, str]]:
@@ -44,7 +134,7 @@ def image_locations(conn: sqlite3.Connection, sha256: str) -> list[tuple[str, st
         "WHERE p.sha256 = ? ORDER BY p.root_id, p.relpath",
         (sha256,),
     ).fetchall()
-    return [(row["root"], row["relpath"]) for row in rows]
+    return [(store.path_text(row["root"]), store.path_text(row["relpath"])) for row in rows]
 
 
 def _not_found(
@@ -57,7 +147,7 @@ def _not_found(
     root, relpath = locations[0]
     return FileNotFoundError(
         f"image {sha256[:12]}: no registered path is a file inside its root "
-        f"(first: {relpath!r} under {root}); was the pool moved?"
+        f"(first: {store.shown_path(relpath)!r} under {store.shown_path(root)}); was the pool moved?"
     )
 
 

@@ -22,13 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.ingest.openimages import with_descendants
 from wood_train.errors import ConfigError, DataError, MissingInputError
 
 POOL_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 LIST_SUFFIXES = (".txt", ".lst")
 PATH_COLUMNS = ("path", "file", "filepath", "image", "ImageID")
 TAG_COLUMNS = ("tags", "labels", "LabelName")
-DEFAULT_TAG_MAP = Path(__file__).with_name("voc_openimages_tags.csv")
+DEFAULT_TAG_MAP = Path(__file__).with_name("voc_openimages_tags.csv")  # class,mid,name
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ def _split_listed(path_text: str, base: Path) -> PoolFile:
 
 def _iter_text_list(source: Path) -> Iterator[PoolFile]:
     base = source.resolve().parent
-    with open(source, encoding="utf-8") as f:
+    # surrogateescape: a listed name that is not valid UTF-8 keeps its bytes (see store.path_value)
+    with open(source, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             text = line.strip()
             if text and not text.startswith("#"):
@@ -91,7 +93,7 @@ def _pick_column(header: list[str], wanted: str | None, candidates: tuple[str, .
 
 def _iter_csv(source: Path, path_column: str | None, tags_column: str | None) -> Iterator[PoolFile]:
     base = source.resolve().parent
-    with open(source, newline="", encoding="utf-8") as f:
+    with open(source, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
         path_col = _pick_column(header, path_column, PATH_COLUMNS, source)
@@ -139,7 +141,7 @@ class TagTable:
         if not self.path.is_file():
             raise MissingInputError(f"tags CSV not found: {self.path}")
         self._tags: dict[str, set[str]] = {}
-        with open(self.path, newline="", encoding="utf-8") as f:
+        with open(self.path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
             key_col = _pick_column(header, path_column, PATH_COLUMNS, self.path)
@@ -162,27 +164,67 @@ class TagTable:
 
 
 def load_tag_map(path: str | Path | None = None) -> dict[str, set[str]]:
-    """Class name -> lower-cased tags that name it (a ``class,tag`` CSV; default: VOC->OpenImages)."""
+    """Class name -> the lower-cased tags that name it; default: the shipped VOC -> OpenImages map.
+
+    A map is a CSV with a ``class`` column and a ``mid`` column (OpenImages machine ids such as
+    ``/m/07jdr``; a ``name`` column beside them, e.g. ``Train``, is matched too), or the older
+    ``class,tag`` shape with display names.
+    """
     path = Path(path) if path else DEFAULT_TAG_MAP
     if not path.is_file():
         raise MissingInputError(f"tag map not found: {path}")
     mapping: dict[str, set[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        if set(reader.fieldnames or []) < {"class", "tag"}:
-            raise DataError(f"{path}: a tag map needs columns 'class' and 'tag'")
+        columns = set(reader.fieldnames or [])
+        tag_columns = [c for c in ("mid", "name", "tag") if c in columns]
+        if "class" not in columns or not ({"mid", "tag"} & columns):
+            raise DataError(
+                f"{path}: a tag map needs a 'class' column and a 'mid' (or 'tag') column; "
+                f"got {sorted(columns)}"
+            )
         for line_no, row in enumerate(reader, start=2):
-            name, tag = (row["class"] or "").strip(), (row["tag"] or "").strip()
-            if not name or not tag:
+            name = (row["class"] or "").strip()
+            tags = {(row[c] or "").strip().lower() for c in tag_columns} - {""}
+            if not name or not tags:
                 raise DataError(f"{path}, line {line_no}: empty class or tag")
-            mapping.setdefault(name, set()).add(tag.lower())
+            mapping.setdefault(name, set()).update(tags)
     return mapping
 
 
-def foreground_tags(class_names: list[str], tag_map: dict[str, set[str]]) -> dict[str, str]:
-    """Lower-cased tag -> the foreground class it names; every class also matches its own name."""
-    out = {}
+def tag_map_mids(tag_map: dict[str, set[str]]) -> dict[str, str]:
+    """The OpenImages MIDs (``/m/...``, ``/g/...``) of a tag map -> their class."""
+    return {tag: name for name, tags in tag_map.items() for tag in tags if tag.startswith("/")}
+
+
+def foreground_tags(
+    class_names: list[str],
+    tag_map: dict[str, set[str]],
+    descriptions: dict[str, str] | None = None,
+    hierarchy: dict[str, set[str]] | None = None,
+) -> dict[str, str]:
+    """Lower-cased tag or MID -> the foreground class it names.
+
+    Every class also matches its own name. With OpenImages' ``descriptions`` (MID -> name), names
+    in the map gain their MIDs and MIDs their names; with the label ``hierarchy``
+    (``openimages.read_label_hierarchy``), every ``Subcategory`` descendant of a mapped MID names
+    the class too (Canoe under Boat), by MID and by name.
+    """
+    out: dict[str, str] = {}
     for name in class_names:
         for tag in {name.lower(), *tag_map.get(name, ())}:
             out[tag] = name
+    names = {mid.lower(): text.lower() for mid, text in (descriptions or {}).items()}
+    mid_of = {text: mid for mid, text in names.items()}
+    for tag, name in list(out.items()):
+        if tag in mid_of:
+            out.setdefault(mid_of[tag], name)
+    if hierarchy:
+        children = {m.lower(): {c.lower() for c in kids} for m, kids in hierarchy.items()}
+        mids = {tag: name for tag, name in out.items() if tag.startswith("/")}
+        for mid, name in with_descendants(mids, children).items():
+            out.setdefault(mid, name)
+    for tag, name in list(out.items()):
+        if tag in names:
+            out.setdefault(names[tag], name)
     return out

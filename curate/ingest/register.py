@@ -5,7 +5,15 @@ Each image is identified by the SHA-256 of its bytes, so an exact duplicate is s
 do (``curate.score.scoring``), and a file they cannot decode is marked ``status='bad'`` there. Ingest
 itself marks two kinds of bad image: zero-byte files (``empty_file``) and images whose tags name
 a foreground class (``tag_excluded``, WOOD_SPEC section 2: the pool minus images already tagged
-with a class). Files that cannot be read at all have no hash and are only counted.
+with a class).
+
+A pool may contain anything. Files that are not read have no hash and are counted per reason,
+with the first few paths shown: the app's containment rule is applied first (a symlink that
+leads out of the pool root is ``outside_pool_root``, unless ``follow_symlinks`` registers its
+target under the target's own folder), then only a regular file of at most ``max_file_bytes`` is
+read (``not_regular_file`` for a FIFO, a device or a socket; ``file_too_large``), all through
+``image_files.read_pool_file``. A file name that is not valid UTF-8 is stored losslessly
+(``store.path_value``) and shown readably; one odd name never stops a run.
 
 Re-running is cheap: a path already registered with the same byte size is not re-hashed
 (``rehash=True`` forces it). Work is committed every ``batch_size`` files, so a killed ingest
@@ -17,34 +25,71 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 from curate import store
-from curate.ingest.pool_sources import PoolFile, TagTable
+from curate.ingest.image_files import (
+    BAD_PATH,
+    DEFAULT_MAX_FILE_MB,
+    MISSING,
+    NOT_REGULAR,
+    OUTSIDE_ROOT,
+    TOO_LARGE,
+    UNREADABLE,
+    RefusedFile,
+    locate_in_root,
+    read_pool_file,
+)
+from curate.ingest.pool_sources import PoolFile
 from wood_train.progress import progress
 
 READ_THREADS = 4  # file reads and hashlib release the GIL; threads hide disk latency
+NOT_READ = (MISSING, UNREADABLE, NOT_REGULAR, TOO_LARGE, OUTSIDE_ROOT, BAD_PATH)
+MAX_PROBLEMS = 10
+
+
+class TagSource(Protocol):
+    """Tags for a pool file from outside it: ``TagTable`` (a CSV), ``LabelScan`` (OpenImages)."""
+
+    def lookup(self, item: PoolFile) -> tuple[str, ...] | None: ...
 
 
 @dataclass
 class IngestReport:
     """What one ingest did. ``counts`` keys: listed, new_images, new_paths, duplicate_paths,
-    unchanged, tag_excluded, empty_file, missing_file, unreadable_file."""
+    unchanged, tag_excluded, empty_file, followed_symlinks, and the reasons a file was not read
+    (``NOT_READ``). ``excluded_by`` counts tag-excluded images per foreground class."""
 
     counts: Counter = field(default_factory=Counter)
-    problems: list[str] = field(default_factory=list)  # first few unreadable/missing paths
+    problems: list[str] = field(default_factory=list)  # the first few files not read, and why
+    excluded_by: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
         c = self.counts
-        return (
+        not_read = {r: c[r] for r in NOT_READ if c[r]}
+        text = (
             f"ingest: {c['listed']} files listed, {c['new_images']} new images, "
             f"{c['duplicate_paths']} exact-duplicate paths, {c['unchanged']} unchanged, "
-            f"{c['tag_excluded']} tag-excluded, {c['missing_file'] + c['unreadable_file']} unreadable"
+            f"{c['tag_excluded']} tag-excluded, {sum(not_read.values())} not read"
         )
+        if not_read:
+            text += (
+                " (" + ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in not_read.items()) + ")"
+            )
+        return text
+
+    def refuse(self, item: PoolFile, reason: str, detail: str = "") -> None:
+        self.counts[reason] += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            shown = store.shown_path(item.path)
+            self.problems.append(
+                f"{shown} ({reason.replace('_', ' ')}{': ' + detail if detail else ''})"
+            )
 
 
 def _chunks(items: Iterable[PoolFile], size: int) -> Iterator[list[PoolFile]]:
@@ -53,15 +98,26 @@ def _chunks(items: Iterable[PoolFile], size: int) -> Iterator[list[PoolFile]]:
         yield chunk
 
 
-def _hash_file(path: Path) -> tuple[str | None, int, str | None]:
-    """(sha256 hex, n_bytes, error) of one file."""
+def _hash_file(path: Path, max_bytes: int) -> tuple[str | None, int, RefusedFile | None]:
+    """(sha256 hex, n_bytes, refusal) of one file, read through ``read_pool_file``."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, 0, "missing_file"
-    except OSError:
-        return None, 0, "unreadable_file"
+        data = read_pool_file(path, max_bytes)
+    except RefusedFile as refused:
+        return None, 0, refused
     return hashlib.sha256(data).hexdigest(), len(data), None
+
+
+def _contained(item: PoolFile, follow_symlinks: bool) -> tuple[PoolFile | None, str | None]:
+    """The item as it will be registered, or a refusal reason (the app's containment rule).
+
+    With ``follow_symlinks`` a link out of the root is registered as its target, under the
+    target's own folder, so the app (which serves only registered roots) can show it.
+    """
+    found, reason = locate_in_root(item.root, item.relpath)
+    if reason == OUTSIDE_ROOT and follow_symlinks:
+        target = (item.root / item.relpath).resolve()
+        return PoolFile(target.parent, target.name, item.tags), None
+    return (item if found is not None else None), reason
 
 
 def _excluding_class(tags: tuple[str, ...] | None, fg_tags: dict[str, str]) -> str | None:
@@ -72,13 +128,14 @@ def _excluding_class(tags: tuple[str, ...] | None, fg_tags: dict[str, str]) -> s
 
 
 def _known_paths(conn: sqlite3.Connection, root_id: int, relpaths: list[str]) -> dict[str, tuple]:
-    marks = ",".join("?" * len(relpaths))
+    values = [store.path_value(r) for r in relpaths]
+    marks = ",".join("?" * len(values))
     rows = conn.execute(
         f"SELECT p.relpath, p.sha256, i.n_bytes FROM image_paths p "
         f"JOIN images i ON i.sha256 = p.sha256 WHERE p.root_id = ? AND p.relpath IN ({marks})",
-        (root_id, *relpaths),
+        (root_id, *values),
     ).fetchall()
-    return {r["relpath"]: (r["sha256"], r["n_bytes"]) for r in rows}
+    return {store.path_text(r["relpath"]): (r["sha256"], r["n_bytes"]) for r in rows}
 
 
 def _ingest_chunk(
@@ -86,15 +143,26 @@ def _ingest_chunk(
     chunk: list[PoolFile],
     run_id: int | None,
     fg_tags: dict[str, str],
-    rehash: bool,
+    options: dict,
     pool: ThreadPoolExecutor,
     report: IngestReport,
 ) -> None:
+    usable = []
+    for item in chunk:
+        located, reason = _contained(item, options["follow_symlinks"])
+        if located is None:
+            report.refuse(item, reason)
+        else:
+            report.counts["followed_symlinks"] += located is not item
+            usable.append(located)
+    chunk = usable
     # read and hash outside the write transaction, so annotators are never blocked on disk reads
     known: dict[tuple[Path, str], tuple] = {}
     with store.transaction(conn):
         for root in {f.root for f in chunk}:
-            row = conn.execute("SELECT root_id FROM roots WHERE path = ?", (str(root),)).fetchone()
+            row = conn.execute(
+                "SELECT root_id FROM roots WHERE path = ?", (store.path_value(root),)
+            ).fetchone()
             if row is not None:
                 rel = [f.relpath for f in chunk if f.root == root]
                 found = _known_paths(conn, row["root_id"], rel)
@@ -103,23 +171,23 @@ def _ingest_chunk(
     resolved: list[tuple[PoolFile, str, int]] = []  # item, sha256, n_bytes
     for item in chunk:
         previous = known.get((item.root, item.relpath))
-        if previous and not rehash and _same_size(item.path, previous[1]):
+        if previous and not options["rehash"] and _same_size(item.path, previous[1]):
             resolved.append((item, previous[0], previous[1]))
             report.counts["unchanged"] += 1
         else:
             to_hash.append(item)
-    for item, (sha, n_bytes, error) in zip(
-        to_hash, pool.map(_hash_file, [i.path for i in to_hash])
-    ):
-        if error:
-            report.counts[error] += 1
-            if len(report.problems) < 10:
-                report.problems.append(f"{item.path} ({error.replace('_', ' ')})")
+    hashes = pool.map(lambda i: _hash_file(i.path, options["max_file_bytes"]), to_hash)
+    for item, (sha, n_bytes, refused) in zip(to_hash, hashes):
+        if refused is not None:
+            report.refuse(item, refused.reason, refused.detail)
             continue
         resolved.append((item, sha, n_bytes))
 
     with store.transaction(conn, immediate=True):
-        root_ids = {root: store.ensure_root(conn, root) for root in {f.root for f in chunk}}
+        # only roots of files actually registered: a refused link's target folder is never one
+        root_ids = {
+            root: store.ensure_root(conn, root) for root in {f.root for f, _, _ in resolved}
+        }
         for item, sha, n_bytes in resolved:
             _register(conn, item, root_ids[item.root], sha, n_bytes, run_id, fg_tags, report)
 
@@ -147,6 +215,8 @@ def _register(conn, item, root_id, sha, n_bytes, run_id, fg_tags, report) -> Non
         report.counts["new_images"] += 1
         if reason:
             report.counts[reason] += 1
+        if reason == "tag_excluded":
+            report.excluded_by[excluded_by] += 1
     elif excluded_by:
         # tags seen now exclude content that an earlier, untagged path let in
         changed = conn.execute(
@@ -155,9 +225,11 @@ def _register(conn, item, root_id, sha, n_bytes, run_id, fg_tags, report) -> Non
             (sha,),
         ).rowcount
         report.counts["tag_excluded"] += changed
+        report.excluded_by[excluded_by] += changed
     tags = ";".join(item.tags) if item.tags is not None else None
+    relpath = store.path_value(item.relpath)
     previous = conn.execute(
-        "SELECT sha256 FROM image_paths WHERE root_id = ? AND relpath = ?", (root_id, item.relpath)
+        "SELECT sha256 FROM image_paths WHERE root_id = ? AND relpath = ?", (root_id, relpath)
     ).fetchone()
     if previous is None:
         report.counts["new_paths"] += 1
@@ -170,7 +242,7 @@ def _register(conn, item, root_id, sha, n_bytes, run_id, fg_tags, report) -> Non
         "INSERT INTO image_paths(root_id, relpath, sha256, tags) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(root_id, relpath) DO UPDATE SET sha256 = excluded.sha256, "
         "tags = COALESCE(excluded.tags, image_paths.tags)",
-        (root_id, item.relpath, sha, tags),
+        (root_id, relpath, sha, tags),
     )
 
 
@@ -179,9 +251,11 @@ def ingest_pool(
     files: Iterable[PoolFile],
     fg_tags: dict[str, str],
     run_id: int | None = None,
-    tag_table: TagTable | None = None,
+    tag_sources: Sequence[TagSource] = (),
     rehash: bool = False,
     batch_size: int = 512,
+    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20),
+    follow_symlinks: bool = False,
 ) -> IngestReport:
     """Hash and register every file of a pool; returns the counts.
 
@@ -192,12 +266,17 @@ def ingest_pool(
     files
         ``PoolFile`` items, e.g. ``pool_sources.iter_pool(folder)``; consumed lazily.
     fg_tags
-        Lower-cased tag -> foreground class (``pool_sources.foreground_tags``); an image with such
-        a tag is stored with ``status='bad', bad_reason='tag_excluded'``.
+        Lower-cased tag or MID -> foreground class (``pool_sources.foreground_tags``); an image
+        with such a tag is stored with ``status='bad', bad_reason='tag_excluded'``.
     run_id
         The ``runs`` row recorded as ``images.added_run``.
-    tag_table
-        Tags from a separate CSV, merged with the tags a pool CSV already carries.
+    tag_sources
+        Tags from outside the pool listing (a ``TagTable``, OpenImages' ``LabelScan``), merged
+        with the tags a pool CSV already carries.
+    max_file_bytes
+        Larger files are refused before they are read (``file_too_large``).
+    follow_symlinks
+        Register a symlink that leads out of the pool root as its target (else it is refused).
 
     Examples
     --------
@@ -207,21 +286,27 @@ def ingest_pool(
     >>> report.counts["new_images"]  # doctest: +SKIP
     """
     report = IngestReport()
+    options = {
+        "rehash": rehash,
+        "max_file_bytes": max_file_bytes,
+        "follow_symlinks": follow_symlinks,
+    }
     bar = progress(desc="ingest", unit="file")
     with ThreadPoolExecutor(READ_THREADS) as pool:
         for chunk in _chunks(files, batch_size):
-            if tag_table is not None:
-                chunk = [_with_table_tags(item, tag_table) for item in chunk]
+            chunk = [_with_tags(item, tag_sources) for item in chunk]
             report.counts["listed"] += len(chunk)
-            _ingest_chunk(conn, chunk, run_id, fg_tags, rehash, pool, report)
+            _ingest_chunk(conn, chunk, run_id, fg_tags, options, pool, report)
             bar.update(len(chunk))
     bar.close()
     return report
 
 
-def _with_table_tags(item: PoolFile, table: TagTable) -> PoolFile:
-    extra = table.lookup(item)
-    if extra is None:
+def _with_tags(item: PoolFile, sources: Sequence[TagSource]) -> PoolFile:
+    extra = set()
+    for source in sources:
+        extra.update(source.lookup(item) or ())
+    if not extra:
         return item
-    merged = tuple(sorted(set(item.tags or ()) | set(extra)))
+    merged = tuple(sorted(set(item.tags or ()) | extra))
     return PoolFile(item.root, item.relpath, merged)

@@ -135,8 +135,9 @@ def _stored_matches(conn: sqlite3.Connection, text: str) -> dict[str, str]:
         "ORDER BY p.root_id, p.relpath",
         {"name": posix.name},
     ):
-        full = str(Path(r["root"]) / r["relpath"])
-        if bare or r["relpath"] in wanted or full in wanted:
+        relpath = store.path_text(r["relpath"])
+        full = str(Path(store.path_text(r["root"])) / relpath)
+        if bare or relpath in wanted or full in wanted:
             found.setdefault(r["sha256"], full)
     return found
 
@@ -159,7 +160,9 @@ def image_details(conn: sqlite3.Connection, keys: Sequence[str]) -> pd.DataFrame
         keys,
     ):
         # ordered so the first (root_id, relpath) of an image is written last and wins
-        paths[r["sha256"]] = str(Path(r["path"]) / r["relpath"])
+        paths[r["sha256"]] = store.shown_path(
+            Path(store.path_text(r["path"])) / store.path_text(r["relpath"])
+        )
     scores: dict[str, tuple[int, float]] = {}
     for r in _in_chunks(
         conn,

@@ -77,7 +77,11 @@ def first_paths(conn: sqlite3.Connection, shas: list[str]) -> dict[str, Path]:
         "WHERE p.rowid IN (SELECT MIN(rowid) FROM image_paths GROUP BY sha256)"
     ).fetchall()
     wanted = set(shas)
-    return {r["sha256"]: Path(r["root"]) / r["relpath"] for r in rows if r["sha256"] in wanted}
+    return {
+        r["sha256"]: Path(store.path_text(r["root"])) / store.path_text(r["relpath"])
+        for r in rows
+        if r["sha256"] in wanted
+    }
 
 
 def _read_or_none(path: Path | None) -> np.ndarray | None:
@@ -298,7 +302,11 @@ def queue_frame(conn: sqlite3.Connection, top: int | None = None) -> pd.DataFram
         record = {
             "rank": r["rank"],
             "sha256": r["sha256"],
-            "path": str(Path(r["root"]) / r["relpath"]) if r["root"] else None,
+            "path": store.shown_path(
+                Path(store.path_text(r["root"])) / store.path_text(r["relpath"])
+            )
+            if r["root"]
+            else None,
             "top_class": store.class_name(class_names, r["top_class"]),
             "top_score": r["top_score"],
             "hardness_score": r["hardness_score"],

@@ -4,8 +4,10 @@
 checkpoint (or an embedding of a required embedder) by keyset pagination on the hash, so memory
 does not grow with the pool. Each DataLoader worker keeps the images whose hash falls in its shard.
 ``load_for_scoring`` never raises for a bad file: it returns a record with the
-``ImageDecodeError.reason`` (marked ``status='bad'``) or a skip reason (file gone or replaced since
-ingest; the image stays pending).
+``ImageDecodeError.reason`` (marked ``status='bad'``) or a skip reason (file gone, replaced, no
+longer a regular file, above the size cap, or a symlink that now leads out of its root since
+ingest; the image stays pending). Files are reached through the app's containment rule and read
+through ``image_files.read_pool_file``, as at ingest.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from curate import store
+from curate.ingest.image_files import (
+    DEFAULT_MAX_FILE_MB,
+    RefusedFile,
+    locate_in_root,
+    read_pool_file,
+)
 from curate.neighbours.near_duplicates import thumbnail_descriptor
 from wood_train.data.imageio import ImageDecodeError, decode_image
 from wood_train.data.transforms import normalize_image, resize_long_side
@@ -30,8 +38,8 @@ PAGE_SIZE = 1024
 
 def pending_page(
     conn, checkpoint_sha256: str, embedders: tuple[str, ...], after: str, limit: int
-) -> list[tuple[str, str]]:
-    """(sha256, absolute path) of ok images lacking a score or an embedding, after ``after``."""
+) -> list[tuple[str, str, str]]:
+    """(sha256, root, relpath) of ok images lacking a score or an embedding, after ``after``."""
     missing = ["NOT EXISTS (SELECT 1 FROM scores s WHERE s.sha256 = i.sha256 "
                "AND s.checkpoint_sha256 = ?)"]  # fmt: skip
     missing += ["NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.sha256 = i.sha256 "
@@ -45,7 +53,7 @@ def pending_page(
         "ORDER BY i.sha256 LIMIT ?",
         (after, checkpoint_sha256, *embedders, limit),
     ).fetchall()
-    return [(r["sha256"], str(Path(r["root"]) / r["relpath"])) for r in rows]
+    return [(r["sha256"], store.path_text(r["root"]), store.path_text(r["relpath"])) for r in rows]
 
 
 def count_pending(
@@ -59,17 +67,29 @@ def count_pending(
     return total
 
 
-def load_for_scoring(sha256: str, path: str, image_size: int, clip: bool) -> dict[str, Any]:
+def load_for_scoring(
+    sha256: str,
+    root: str,
+    relpath: str,
+    image_size: int,
+    clip: bool,
+    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20),
+) -> dict[str, Any]:
     """Read, verify and decode one image into a padded square tensor, or a bad-image record."""
+    path, refusal = locate_in_root(root, relpath)
+    shown = store.shown_path(Path(root) / relpath)
+    if path is None:
+        return {"sha256": sha256, "skip": refusal, "detail": shown}
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return {"sha256": sha256, "skip": "unreadable_file", "detail": f"{path}: {exc}"}
+        data = read_pool_file(path, max_file_bytes)
+    except RefusedFile as refused:
+        detail = f"{shown}: {refused.detail}" if refused.detail else shown
+        return {"sha256": sha256, "skip": refused.reason, "detail": detail}
     if hashlib.sha256(data).hexdigest() != sha256:
         # the file was replaced after ingest: its new content is not this image; re-ingest
-        return {"sha256": sha256, "skip": "changed_on_disk", "detail": path}
+        return {"sha256": sha256, "skip": "changed_on_disk", "detail": shown}
     try:
-        image = decode_image(data, path)
+        image = decode_image(data, shown)
     except ImageDecodeError as exc:
         return {"sha256": sha256, "bad": exc.reason, "detail": str(exc)}
     height, width = image.shape[:2]
@@ -101,12 +121,21 @@ class PendingImages(IterableDataset):
     connection for each page (a connection cannot cross a process boundary).
     """
 
-    def __init__(self, db_path, checkpoint_sha256, embedders, image_size, clip=False):
+    def __init__(
+        self,
+        db_path,
+        checkpoint_sha256,
+        embedders,
+        image_size,
+        clip=False,
+        max_file_bytes=int(DEFAULT_MAX_FILE_MB * 2**20),
+    ):
         self.db_path = Path(db_path)
         self.checkpoint_sha256 = checkpoint_sha256
         self.embedders = tuple(embedders)
         self.image_size = image_size
         self.clip = clip
+        self.max_file_bytes = max_file_bytes
 
     def __iter__(self):
         info = get_worker_info()
@@ -118,11 +147,13 @@ class PendingImages(IterableDataset):
             if not page:
                 return
             after = page[-1][0]
-            for sha256, path in page:
+            for sha256, root, relpath in page:
                 # shard by content hash, not by position, so rows other workers finish in the
                 # meantime cannot shift which images this worker owns
                 if int(sha256[:8], 16) % n_workers == worker:
-                    yield load_for_scoring(sha256, path, self.image_size, self.clip)
+                    yield load_for_scoring(
+                        sha256, root, relpath, self.image_size, self.clip, self.max_file_bytes
+                    )
 
 
 def collate_scoring(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from curate import store
+from curate.ingest.image_files import DEFAULT_MAX_FILE_MB
 from curate.neighbours.near_duplicates import THUMB_DIM, THUMB_EMBEDDER
 from curate.score.pending import PendingImages, collate_scoring, count_pending
 from wood_train.device import autocast, pin_memory
@@ -170,6 +171,7 @@ def score_pool(
     batch_size: int = 64,
     workers: int = 1,
     amp: bool = True,
+    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20),
 ) -> ScoreReport:
     """Score every ok image that lacks a score (or an embedding) for this checkpoint.
 
@@ -198,7 +200,8 @@ def score_pool(
     }
     # the workers read pending pages through their own connections (one per process)
     dataset = PendingImages(store.db_path(conn), scorer.checkpoint_sha256, scorer.embedders,
-                            scorer.image_size, clip=scorer.clip is not None)  # fmt: skip
+                            scorer.image_size, clip=scorer.clip is not None,
+                            max_file_bytes=max_file_bytes)  # fmt: skip
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -16,8 +16,10 @@ from curate.ingest.pool_sources import (
     iter_pool,
     load_tag_map,
     split_tags,
+    tag_map_mids,
 )
 from curate.ingest.register import ingest_pool
+from wood_train.data.voc import VOC_CLASSES
 from wood_train.errors import DataError
 
 VOC_FG = foreground_tags(["boat", "person", "sofa", "train"], load_tag_map())
@@ -83,10 +85,14 @@ def test_bad_pool_sources_name_the_problem(tmp_path):
 
 def test_shipped_tag_map_covers_the_voc_classes():
     mapping = load_tag_map(DEFAULT_TAG_MAP)
-    assert len(mapping) == 20
-    assert mapping["person"] == {"person", "man", "woman", "boy", "girl"}
-    assert mapping["cow"] == {"cattle"} and mapping["sofa"] == {"sofa bed", "couch"}
-    assert mapping["tvmonitor"] == {"television", "computer monitor"}
+    assert sorted(mapping) == sorted(VOC_CLASSES)
+    mids = tag_map_mids(mapping)
+    assert set(mids.values()) == set(VOC_CLASSES)  # every class named by at least one MID
+    assert mids["/m/07jdr"] == "train" and mids["/m/01xq0k1"] == mids["/m/0cnyhnx"] == "cow"
+    assert {"/m/01g317", "/m/04yx4", "/m/03bt1vf", "/m/01bl7v", "/m/05r655"} <= {
+        m for m, c in mids.items() if c == "person"
+    }  # Person, Man, Woman, Boy, Girl
+    assert {"person", "man", "couch", "television"} <= set().union(*mapping.values())  # names
     assert VOC_FG["couch"] == "sofa" and VOC_FG["train"] == "train"
 
 
@@ -120,7 +126,9 @@ def test_rerun_does_not_rehash_unchanged_files_and_picks_up_edits(tmp_path, conn
     import curate.ingest.register as ingest_module
 
     real = ingest_module._hash_file
-    monkeypatch.setattr(ingest_module, "_hash_file", lambda p: hashed.append(p.name) or real(p))
+    monkeypatch.setattr(
+        ingest_module, "_hash_file", lambda p, cap: hashed.append(p.name) or real(p, cap)
+    )
     report = ingest_pool(conn, iter_pool(pool), fg_tags={})
     assert hashed == ["b.jpg"]
     assert report.counts["unchanged"] == 1 and report.counts["new_images"] == 1
@@ -170,7 +178,7 @@ def test_separate_tags_csv_excludes_content_already_ingested_untagged(tmp_path, 
     labels.write_text("ImageID,LabelName\n0001a,Tree\n0001a,Boat\n0002b,Tree\n")
     table = TagTable(labels)
     assert table.lookup(PoolFile(pool, "0001a.jpg")) == ("Boat", "Tree")
-    report = ingest_pool(conn, iter_pool(pool), VOC_FG, tag_table=table)
+    report = ingest_pool(conn, iter_pool(pool), VOC_FG, tag_sources=[table])
     assert report.counts["tag_excluded"] == 1 and report.counts["unchanged"] == 2
     rows = _rows(conn, "SELECT p.relpath, i.status FROM image_paths p JOIN images i USING (sha256)")
     assert sorted((r["relpath"], r["status"]) for r in rows) == [
@@ -191,4 +199,4 @@ def test_empty_and_missing_files_are_recorded_not_fatal(tmp_path, conn):
     rows = _rows(conn, "SELECT status, bad_reason, n_bytes FROM images ORDER BY n_bytes")
     assert [(r["status"], r["bad_reason"]) for r in rows] == [("bad", "empty_file"), ("ok", None)]
     assert len(_rows(conn, "SELECT * FROM image_paths")) == 3
-    assert "1 unreadable" in report.summary()
+    assert "1 not read (missing file 1)" in report.summary()

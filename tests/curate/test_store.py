@@ -26,7 +26,7 @@ def test_open_store_creates_every_table_in_wal_mode(tmp_path):
     assert db.is_file() and db.is_absolute()
     assert _tables(db) == V1_TABLES
     with store.connect(db) as conn:
-        assert store.schema_version(conn) == store.STORE_SCHEMA_VERSION == 1
+        assert store.schema_version(conn) == store.STORE_SCHEMA_VERSION == len(store.MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
@@ -127,11 +127,12 @@ def test_migration_runs_pending_steps_in_order_and_keeps_data(tmp_path, monkeypa
     def add_column(conn):
         conn.execute("ALTER TABLE annotators ADD COLUMN team TEXT DEFAULT 'core'")
 
+    latest = store.STORE_SCHEMA_VERSION
     monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, add_column])
-    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", latest + 1)
     store.open_store(db)
     with store.connect(db) as conn:
-        assert store.schema_version(conn) == 2
+        assert store.schema_version(conn) == latest + 1
         row = conn.execute("SELECT name, team FROM annotators").fetchone()
     assert (row["name"], row["team"]) == ("ana", "core")
 
@@ -143,12 +144,13 @@ def test_failed_migration_leaves_the_store_at_its_old_version(tmp_path, monkeypa
         conn.execute("CREATE TABLE half_done(x INTEGER)")
         raise sqlite3.OperationalError("disk full")
 
+    latest = store.STORE_SCHEMA_VERSION
     monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, broken])
-    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", latest + 1)
     with pytest.raises(sqlite3.OperationalError):
         store.open_store(db)
     with store.connect(db) as conn:
-        assert store.schema_version(conn) == 1
+        assert store.schema_version(conn) == latest
     assert "half_done" not in _tables(db)
 
 

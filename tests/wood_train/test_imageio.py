@@ -96,3 +96,23 @@ def test_label_png_round_trip(tmp_path):
     assert np.array_equal(read_label_png(tmp_path / "m.png"), labels)
     with Image.open(tmp_path / "m.png") as img:
         assert img.mode == "P" and img.getpalette()[3:6] == [128, 0, 0]  # VOC colour of class 1
+
+
+def test_refusal_reasons_are_readable():
+    """A reason names the file and the problem, never an object repr such as <_io.BytesIO ...>."""
+    jpeg = _encode(Image.new("RGB", (40, 30), (9, 99, 199)), "JPEG")
+    png = _encode(Image.new("RGB", (40, 30)), "PNG")
+    broken = {
+        "text.jpg": b"hello, not an image",
+        "header_only.png": png[:16],
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "garbage_after_header.jpg": jpeg[:4] + bytes(200),
+    }
+    for name, data in broken.items():
+        try:
+            decode_image(data, name)
+        except ImageDecodeError as exc:
+            assert str(exc).startswith(f"{name}: cannot decode image ({exc.reason})")
+            assert "object at 0x" not in str(exc) and "<_io" not in str(exc), str(exc)
+        else:
+            pytest.fail(f"{name} decoded")

@@ -119,7 +119,8 @@ def test_finished_run_is_reused_and_records_selection(tiny_world, tmp_path, caps
     assert again.weights_sha256 == first.weights_sha256
     model, meta = load_cam_net(first.checkpoint)
     assert meta["class_names"] == read_class_names(tiny_world.voc_root) and model.num_classes == 4
-    assert cfg.load_yaml(type(config), tmp_path / "run" / "config.yaml") == config
+    saved = cfg.load_yaml(type(config), tmp_path / "run" / "config.yaml")
+    assert saved == cfg.replace(config, masks="SegmentationClass")  # "auto", as resolved
     # one epoch numbering: the console, summary.json, epochs.jsonl and the checkpoint agree
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "epochs.jsonl").open()]

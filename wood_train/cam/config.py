@@ -18,10 +18,15 @@ class CamConfig:
     checkpoint: Path | None = config_field(None, "trained CamNet checkpoint")
     voc_root: Path | None = config_field(None, "dataset root in VOC layout")
     split: str = config_field("train", "split name or path to an id list")
+    masks: str = config_field(
+        "auto",
+        "auto (the only mask folder present) | SegmentationClassAug | SegmentationClass; name one when both exist (labels come from cls_labels.npy when present)",
+    )
     out_dir: Path | None = config_field(None, "folder for <id>.npy CAM files", flag="--out")
     scales: tuple[float, ...] = config_field(CAM_SCALES, "inference scales, each run with its flip")
     num_workers: int = config_field(2, "DataLoader workers decoding images")
     device: str = config_field("auto", "auto (cuda if available), cpu, cuda")
+    amp: bool = config_field(True, "bf16 autocast on CUDA (maps are summed in float32)")
     overlays: bool = config_field(False, "also write PNG overlays")
     overlay_alpha: float = config_field(0.5, "weight of the CAM colour")
 
@@ -33,6 +38,10 @@ class EvalConfig:
     cam_dir: Path | None = config_field(None, "folder of <id>.npy CAMs")
     voc_root: Path | None = config_field(None, "dataset root in VOC layout")
     split: str = config_field("train", "split name or path to an id list")
+    masks: str = config_field(
+        "auto",
+        "auto (the only mask folder present) | SegmentationClassAug | SegmentationClass; name one when both exist",
+    )
     thresholds: tuple[float, ...] = config_field(
         DEFAULT_THRESHOLDS, "background thresholds to sweep"
     )

@@ -115,6 +115,7 @@ def evaluate_cams(
     split: str = "train",
     thresholds: tuple[float, ...] | np.ndarray = DEFAULT_THRESHOLDS,
     class_names: list[str] | None = None,
+    masks: str = "SegmentationClass",
 ) -> CamEvaluation:
     """Score the CAMs in ``cam_dir`` against the masks of a split over a threshold sweep.
 
@@ -130,6 +131,8 @@ def evaluate_cams(
         Background thresholds to sweep.
     class_names : list of str, optional
         Foreground names; read from ``voc_root`` by default.
+    masks : str
+        Mask folder under ``voc_root`` (``SegmentationClass`` or ``SegmentationClassAug``).
 
     Returns
     -------
@@ -156,7 +159,8 @@ def evaluate_cams(
     for image_id in progress(ids, desc=f"evaluate {split}", unit="img"):
         cam_path = cam_dir / f"{image_id}.npy"
         keys, high_res = load_cam(cam_path)
-        mask = read_label_png(voc.mask_path(voc_root, image_id))
+        mask_file = voc.mask_path(voc_root, image_id, masks)
+        mask = read_label_png(mask_file)
         if high_res.shape[1:] != mask.shape:
             raise DataError(
                 f"{cam_path}: CAM size {high_res.shape[1:]} != mask size {mask.shape} of {image_id!r}"
@@ -169,7 +173,7 @@ def evaluate_cams(
         try:
             confusion.update(mask, class_id, score)
         except ValueError as exc:
-            raise DataError(f"{voc.mask_path(voc_root, image_id)}: {exc}") from None
+            raise DataError(f"{mask_file}: {exc}") from None
 
         cue_path = voc_root / CUE_DIR / f"{image_id}.png"
         if cue_path.is_file():
@@ -219,7 +223,10 @@ def run_evaluation(config: EvalConfig) -> CamEvaluation:
     if not Path(config.cam_dir).is_dir():
         raise MissingInputError(f"CAM folder not found: {config.cam_dir}")
     voc.check_voc_root(config.voc_root, parts=("ImageSets/Segmentation",))  # masks, no images
-    evaluation = evaluate_cams(config.cam_dir, config.voc_root, config.split, config.thresholds)
+    config = cfg.replace(config, masks=voc.resolve_masks(config.voc_root, config.masks))
+    evaluation = evaluate_cams(
+        config.cam_dir, config.voc_root, config.split, config.thresholds, masks=config.masks
+    )
     out = Path(config.out) if config.out is not None else Path(config.cam_dir) / EVAL_NAME
     doc = {
         "evaluation": evaluation.to_dict(),

@@ -4,11 +4,15 @@
 which WSSS code already reads with ``np.load(path, allow_pickle=True).item()``::
 
     {"keys": int64 array (K,),               # 0-based foreground class indices in the image label
+     "cam": float32 torch.Tensor (K, h, w),  # the same maps at stride 4: h = (H - 1) // 4 + 1
      "high_res": float32 array (K, H, W)}    # one map per key at image size, each max-normalised
 
 Row ``k`` of ``high_res`` is the CAM of class ``keys[k]`` (mask value ``keys[k] + 1``): the sum over
 scales and horizontal flips of ReLU(W_c . F) upsampled bilinearly to the image, divided by its
-maximum + 1e-5, so values lie in [0, 1). Files are written only through ``save_cam`` (atomic), and
+maximum + 1e-5, so values lie in [0, 1). ``cam`` is the same sum upsampled to IRN's strided size
+instead; IRN's ``make_sem_seg_labels`` and ``make_ins_seg_labels`` read it and call ``.cuda()`` on
+it, so it is a torch tensor as IRN writes it (loading a file therefore needs torch, as IRN's do).
+``eval_cam`` and ``cam_to_ir_label`` read ``high_res``. Files are written only through ``save_cam`` (atomic), and
 an existing file is never recomputed, so an interrupted run resumes where it stopped. The resolved
 config goes to ``<out_dir>/config.yaml``; ``overlays=True`` adds ``<out_dir>/overlays/<id>.png``.
 """
@@ -31,7 +35,7 @@ from wood_train.cam.config import CAM_SCALES, CamConfig
 from wood_train.data import voc
 from wood_train.data.imageio import read_image
 from wood_train.data.transforms import normalize_image
-from wood_train.device import pin_memory, resolve_device
+from wood_train.device import autocast, pin_memory, resolve_device
 from wood_train.errors import ConfigError, DataError, MissingInputError, OutputExistsError
 from wood_train.model.cam_net import CamNet
 from wood_train.model.checkpoint import load_cam_net
@@ -39,6 +43,7 @@ from wood_train.model.finite import check_finite_outputs
 from wood_train.progress import progress
 
 NORM_EPS = 1e-5  # added to each map's maximum before dividing (IRN)
+IRN_CAM_STRIDE = 4  # IRN's make_cam saves "cam" at 1/4 of the image: its random walk's resolution
 CONFIG_NAME = "config.yaml"
 OVERLAY_DIR = "overlays"
 
@@ -123,13 +128,45 @@ def compute_cam(
     --------
     >>> keys, high_res = compute_cam(model, item["images"], item["size"], item["label"])
     """
+    keys, (high_res,) = _summed_cams(model, image_scales, label, [size])
+    return keys, high_res.cpu().numpy()
+
+
+def strided_size(size: tuple[int, int], stride: int = IRN_CAM_STRIDE) -> tuple[int, int]:
+    """IRN's ``get_strided_size``: ((H - 1) // stride + 1, (W - 1) // stride + 1)."""
+    return (int(size[0]) - 1) // stride + 1, (int(size[1]) - 1) // stride + 1
+
+
+@torch.no_grad()
+def compute_irn_cams(
+    model: CamNet,
+    image_scales: Sequence[torch.Tensor],
+    size: tuple[int, int],
+    label: torch.Tensor | np.ndarray,
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """``compute_cam`` plus the stride-4 maps IRN saves under ``cam``, from the same forwards.
+
+    Returns ``keys`` (K,), ``cam`` ((K, h, w) float32 CPU tensor, h, w = ``strided_size(size)``)
+    and ``high_res`` ((K, H, W) float32 array); each map is max-normalised on its own.
+    """
+    keys, (strided, high_res) = _summed_cams(model, image_scales, label, [strided_size(size), size])
+    return keys, strided.cpu(), high_res.cpu().numpy()
+
+
+def _summed_cams(
+    model: CamNet,
+    image_scales: Sequence[torch.Tensor],
+    label: torch.Tensor | np.ndarray,
+    sizes: Sequence[tuple[int, int]],
+) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """Label classes' CAMs summed over scales and flips at each of ``sizes``, max-normalised."""
     device = next(model.parameters()).device
     label = torch.as_tensor(np.asarray(label)).reshape(-1)
     keys = torch.nonzero(label > 0).flatten().to(device)
-    height, width = int(size[0]), int(size[1])
-    total = torch.zeros((len(keys), height, width), dtype=torch.float32, device=device)
+    sizes = [(int(h), int(w)) for h, w in sizes]
+    totals = [torch.zeros((len(keys), h, w), dtype=torch.float32, device=device) for h, w in sizes]
     if len(keys) == 0:
-        return np.zeros(0, dtype=np.int64), total.cpu().numpy()
+        return np.zeros(0, dtype=np.int64), totals
     for images in image_scales:
         cams = model.cam(images.to(device, non_blocking=True))[:, keys].float()
         if cams.shape[0] == 2:
@@ -138,22 +175,39 @@ def compute_cam(
             raise ValueError(
                 f"expected an image and its flip per scale, got {cams.shape[0]} images"
             )
-        cams = F.interpolate(cams, size=(height, width), mode="bilinear", align_corners=False)
-        total += cams[0]
-    total /= total.amax(dim=(1, 2), keepdim=True) + NORM_EPS
-    return keys.cpu().numpy().astype(np.int64), total.cpu().numpy()
+        for total, target in zip(totals, sizes):
+            total += F.interpolate(cams, size=target, mode="bilinear", align_corners=False)[0]
+    for total in totals:
+        total /= total.amax(dim=(1, 2), keepdim=True) + NORM_EPS
+    return keys.cpu().numpy().astype(np.int64), totals
 
 
-def save_cam(path: str | Path, keys: np.ndarray, high_res: np.ndarray) -> Path:
-    """Write one image's CAMs in IRN's ``.npy`` dict layout, atomically (temporary file + rename)."""
+def save_cam(
+    path: str | Path,
+    keys: np.ndarray,
+    high_res: np.ndarray,
+    cam: torch.Tensor | np.ndarray | None = None,
+) -> Path:
+    """Write one image's CAMs in IRN's ``.npy`` dict layout, atomically (temporary file + rename).
+
+    ``cam`` (the stride-4 maps, see ``compute_irn_cams``) is stored as a float32 CPU tensor, as
+    IRN's ``make_cam`` stores it; without it the file holds ``keys`` and ``high_res`` only.
+    """
     path = Path(path)
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     high_res = np.asarray(high_res, dtype=np.float32)
     _check_layout(path, keys, high_res)
+    record = {"keys": keys, "high_res": high_res}
+    if cam is not None:
+        cam = torch.as_tensor(cam).detach().to("cpu", torch.float32).contiguous()
+        expected = (len(keys), *strided_size(high_res.shape[1:]))
+        if tuple(cam.shape) != expected:
+            raise DataError(f"{path}: cam must have shape {expected}, got {tuple(cam.shape)}")
+        record["cam"] = cam
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
-        np.save(f, {"keys": keys, "high_res": high_res}, allow_pickle=True)
+        np.save(f, record, allow_pickle=True)
     tmp.replace(path)
     return path
 
@@ -234,10 +288,16 @@ def make_cams(config: CamConfig) -> Path:
             f"{config.checkpoint}: the model has {model.num_classes} classes but {config.voc_root} "
             f"names {len(class_names)}"
         )
+    if not (Path(config.voc_root) / voc.LABEL_FILE).is_file():  # labels come from the masks
+        config = cfg.replace(config, masks=voc.resolve_masks(config.voc_root, config.masks))
     ids = voc.read_split(config.voc_root, config.split)
     _check_resumable(out_dir, meta["weights_sha256"], config.scales)
     todo = [i for i in ids if not (out_dir / f"{i}.npy").is_file()]
-    labels = voc.load_image_labels(config.voc_root, todo, model.num_classes) if todo else []
+    labels = (
+        voc.load_image_labels(config.voc_root, todo, model.num_classes, config.masks)
+        if todo
+        else []
+    )
     # written first too, so an interrupted run's partial output already says what made it
     cfg.save_config(config, out_dir / CONFIG_NAME, checkpoint_sha256=meta["weights_sha256"])
 
@@ -252,12 +312,15 @@ def make_cams(config: CamConfig) -> Path:
     for n, item in enumerate(
         progress(loader, total=len(todo), desc=f"cam {config.split}", unit="img")
     ):
-        keys, high_res = compute_cam(model, item["images"], item["size"], item["label"])
+        with autocast(device, config.amp):
+            keys, cam, high_res = compute_irn_cams(
+                model, item["images"], item["size"], item["label"]
+            )
         if n == 0:  # a diverged model: one clear line, no NaN CAMs on disk
             with torch.no_grad():
                 logits = model(item["images"][0].to(device))
             check_finite_outputs({"logits": logits, "CAM": high_res}, str(config.checkpoint))
-        save_cam(out_dir / f"{item['id']}.npy", keys, high_res)
+        save_cam(out_dir / f"{item['id']}.npy", keys, high_res, cam)
     if config.overlays:
         _write_missing_overlays(config, ids, out_dir)
 

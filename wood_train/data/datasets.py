@@ -52,12 +52,19 @@ class ImageListDataset(Dataset):
 
 
 def voc_classification_dataset(
-    voc_root: str | Path, split: str, transform: TrainTransform, seed: int = 0
+    voc_root: str | Path,
+    split: str,
+    transform: TrainTransform,
+    seed: int = 0,
+    masks: str = "SegmentationClass",
 ) -> tuple[ImageListDataset, list[str], list[str]]:
-    """The labelled in-distribution training set: (dataset, image ids, class names)."""
+    """The labelled in-distribution training set: (dataset, image ids, class names).
+
+    Labels come from ``cls_labels.npy`` when present, else from the ``masks`` folder.
+    """
     class_names = read_class_names(voc_root)
     ids = read_split(voc_root, split)
-    labels = load_image_labels(voc_root, ids, len(class_names))
+    labels = load_image_labels(voc_root, ids, len(class_names), masks)
     paths = [image_path(voc_root, i) for i in ids]
     return ImageListDataset(paths, labels, len(class_names), transform, seed), ids, class_names
 
@@ -70,12 +77,24 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 
 
 
 def fixed_order_loader(
-    dataset, order: np.ndarray, batch_size: int, skip: int = 0, workers: int = 0
+    dataset,
+    order: np.ndarray,
+    batch_size: int,
+    skip: int = 0,
+    workers: int = 0,
+    pin_memory: bool = False,
 ):
-    """A DataLoader over full batches of ``order``, skipping the first ``skip`` (exact resume)."""
+    """A DataLoader over full batches of ``order``, skipping the first ``skip`` (exact resume).
+
+    ``pin_memory``: pass ``wood_train.device.pin_memory(device)``, so CUDA copies overlap.
+    """
     chunks = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=chunks[skip:], num_workers=workers, collate_fn=collate
+        dataset,
+        batch_sampler=chunks[skip:],
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
     )
 
 

@@ -8,6 +8,7 @@ file name and a short machine-readable ``reason`` that curate records per image.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -55,6 +56,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _readable(exc: BaseException) -> str:
+    """An exception's message for a person: object reprs (``<_io.BytesIO object at 0x...>``) out."""
+    return (
+        re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or type(exc).__name__
+    )
+
+
 def decode_image(
     data: bytes, name: str | Path = "<bytes>", max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
@@ -72,12 +80,12 @@ def decode_image(
             img.load()
     except ImageDecodeError:
         raise
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(name, "not_an_image", str(exc)) from None
+    except UnidentifiedImageError:  # Pillow's message names an in-memory buffer object
+        raise ImageDecodeError(name, "not_an_image", "no known image format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(name, "too_large", str(exc)) from None
+        raise ImageDecodeError(name, "too_large", _readable(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        text = str(exc)
+        text = _readable(exc)
         reason = (
             "truncated"
             if "truncated" in text.lower() or "end of file" in text.lower()
@@ -92,7 +100,7 @@ def decode_image(
         rgb = _to_rgb(img)
         arr = np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError) as exc:
-        raise ImageDecodeError(name, "unreadable", str(exc)) from None
+        raise ImageDecodeError(name, "unreadable", _readable(exc)) from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageDecodeError(name, "unreadable", f"unexpected decoded shape {arr.shape}")
     return arr
@@ -141,19 +149,44 @@ def probe_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[int, in
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
-    """Read a palette/grayscale label PNG (VOC SegmentationClass) as an (H, W) uint8 index array."""
+    """Read a class mask PNG as an (H, W) uint8 index array.
+
+    VOC's ``SegmentationClass`` masks are palette (mode P) PNGs whose indices are the labels
+    (255 on borders); SBD's ``SegmentationClassAug`` masks are usually grayscale (mode L). A mask
+    saved in colour (RGB) is mapped back through the VOC palette; a colour outside it is refused.
+    """
     path = Path(path)
     try:
         with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise ImageDecodeError(
-                    path, "unreadable", f"label PNG must be mode P or L, got {img.mode}"
-                )
-            return np.asarray(img, dtype=np.uint8).copy()
+            if img.mode in ("P", "L"):
+                return np.asarray(img, dtype=np.uint8).copy()
+            if img.mode in ("RGB", "RGBA"):
+                return _rgb_mask_to_indices(path, np.asarray(img.convert("RGB")))
+            raise ImageDecodeError(
+                path, "unreadable", f"a mask PNG must be palette, grayscale or RGB, got {img.mode}"
+            )
     except FileNotFoundError:
         raise ImageDecodeError(path, "unreadable", "file not found") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ImageDecodeError(path, "unreadable", str(exc)) from None
+
+
+def _rgb_mask_to_indices(path: Path, rgb: np.ndarray) -> np.ndarray:
+    palette = np.asarray(voc_palette(), dtype=np.int64).reshape(256, 3)
+    codes = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    lookup = dict(zip(codes.tolist(), range(256)))
+    pixels = (
+        (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    )
+    colours, inverse = np.unique(pixels, return_inverse=True)
+    unknown = [c for c in colours.tolist() if c not in lookup]
+    if unknown:
+        shown = ", ".join(f"#{c:06x}" for c in unknown[:3])
+        raise ImageDecodeError(
+            path, "unreadable", f"RGB mask holds colours outside the VOC palette ({shown})"
+        )
+    indices = np.asarray([lookup[c] for c in colours.tolist()], dtype=np.uint8)
+    return indices[inverse.reshape(pixels.shape)]
 
 
 def voc_palette() -> list[int]:

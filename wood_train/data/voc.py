@@ -1,14 +1,20 @@
 """PASCAL VOC 2012 layout: class names, split lists, image paths and image-level labels.
 
-The spurious-cue world is written in this layout, so the same functions read both::
+``VOC_ROOT`` is the extracted ``VOCdevkit/VOC2012`` folder. The spurious-cue world is written in
+the same layout, so the same functions read both::
 
     VOC_ROOT/JPEGImages/<id>.jpg           (or .png)
-    VOC_ROOT/SegmentationClass/<id>.png    (palette PNG: 0 background, c = class c, 255 ignore)
-    VOC_ROOT/SegmentationClassAug/<id>.png (optional, the train_aug masks)
-    VOC_ROOT/ImageSets/Segmentation/<split>.txt
+    VOC_ROOT/SegmentationClass/<id>.png    (VOC's palette PNGs: 0 background, c = class c,
+                                            255 on object borders and "difficult" regions)
+    VOC_ROOT/SegmentationClassAug/<id>.png (optional: the SBD-augmented masks of train_aug + val,
+                                            usually grayscale, mostly without borders)
+    VOC_ROOT/ImageSets/Segmentation/<split>.txt  (train, val, trainval; add IRN's train_aug.txt)
     VOC_ROOT/class_names.txt               (optional; the 20 VOC names otherwise)
-    VOC_ROOT/cls_labels.npy                (optional; IRN's {id: C-vector} dict)
+    VOC_ROOT/cls_labels.npy                (optional; IRN's {id: C-vector} dict, ids as ints)
     VOC_ROOT/CueMasks/<id>.png             (world only: 0 none, c = cue of class c)
+
+Which mask folder a run reads is a choice (``--masks``): with only one present it is that one;
+when both are present the user names one, and the run's config records it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from wood_train.data.imageio import read_label_png
-from wood_train.errors import DataError, MissingInputError
+from wood_train.errors import ConfigError, DataError, MissingInputError
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -27,6 +33,9 @@ VOC_CLASSES = (
 )  # fmt: skip
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+LABEL_FILE = "cls_labels.npy"  # IRN's image-level labels
+MASK_FOLDERS = ("SegmentationClass", "SegmentationClassAug")
+MASK_CHOICES = ("auto", *MASK_FOLDERS)
 
 
 def read_class_names(voc_root: str | Path) -> list[str]:
@@ -103,13 +112,39 @@ def image_path(voc_root: str | Path, image_id: str) -> Path:
     raise MissingInputError(f"no image for id {image_id!r} in {folder} (tried {IMAGE_SUFFIXES})")
 
 
-def mask_path(voc_root: str | Path, image_id: str, folder: str = "SegmentationClass") -> Path:
+def resolve_masks(voc_root: str | Path, choice: str = "auto") -> str:
+    """The mask folder a run reads: ``choice`` itself, or for ``auto`` the only one present.
+
+    ``auto`` with no mask folder at all gives ``SegmentationClass`` (labels may still come from
+    ``cls_labels.npy``; a mask that is then needed is reported missing). ``auto`` with both
+    present refuses: VOC's ``SegmentationClass`` (1,464 train + 1,449 val, with borders) and
+    SBD's ``SegmentationClassAug`` (train_aug + val) disagree on some images, so the user picks.
+    """
+    if choice not in MASK_CHOICES:
+        raise ConfigError(f"--masks {choice!r}: choose one of {', '.join(MASK_CHOICES)}")
     root = Path(voc_root)
-    for name in (folder, "SegmentationClassAug"):
-        path = root / name / f"{image_id}.png"
-        if path.is_file():
-            return path
-    raise MissingInputError(f"no mask for id {image_id!r} in {root / folder}")
+    present = [name for name in MASK_FOLDERS if (root / name).is_dir()]
+    if choice != "auto":
+        if choice not in present:
+            raise MissingInputError(f"--masks {choice}: no folder {root / choice}")
+        return choice
+    if len(present) == 2:
+        raise ConfigError(
+            f"{root} holds both SegmentationClass and SegmentationClassAug; pick the masks with "
+            "--masks SegmentationClassAug (SBD's, for train_aug) or --masks SegmentationClass "
+            "(VOC's own, the usual choice to evaluate seeds on train)"
+        )
+    return present[0] if present else MASK_FOLDERS[0]
+
+
+def mask_path(voc_root: str | Path, image_id: str, folder: str = "SegmentationClass") -> Path:
+    """``VOC_ROOT/<folder>/<id>.png``; only that folder, so a run never mixes two mask sets."""
+    path = Path(voc_root) / folder / f"{image_id}.png"
+    if not path.is_file():
+        other = [n for n in MASK_FOLDERS if n != folder and (Path(voc_root) / n).is_dir()]
+        hint = f"; {other[0]} is present: pass --masks {other[0]} to use it" if other else ""
+        raise MissingInputError(f"no mask for id {image_id!r}: {path} not found{hint}")
+    return path
 
 
 def _labels_from_npy(path: Path, image_ids: list[str], num_classes: int) -> np.ndarray:
@@ -139,11 +174,19 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return label
 
 
-def load_image_labels(voc_root: str | Path, image_ids: list[str], num_classes: int) -> np.ndarray:
-    """(N, C) multi-hot labels: from ``cls_labels.npy`` if present, else from the masks."""
-    npy = Path(voc_root) / "cls_labels.npy"
+def load_image_labels(
+    voc_root: str | Path,
+    image_ids: list[str],
+    num_classes: int,
+    masks: str = "SegmentationClass",
+) -> np.ndarray:
+    """(N, C) multi-hot labels: from ``cls_labels.npy`` if present, else from the ``masks`` folder."""
+    npy = Path(voc_root) / LABEL_FILE
     if npy.is_file():
         return _labels_from_npy(npy, image_ids, num_classes)
     return np.stack(
-        [labels_from_mask(read_label_png(mask_path(voc_root, i)), num_classes) for i in image_ids]
+        [
+            labels_from_mask(read_label_png(mask_path(voc_root, i, masks)), num_classes)
+            for i in image_ids
+        ]
     )

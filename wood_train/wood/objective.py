@@ -19,6 +19,7 @@ from wood_train import distributed
 from wood_train.data.datasets import ImageListDataset, fixed_order_loader
 from wood_train.data.transforms import TrainTransform
 from wood_train.data.voc import image_path, load_image_labels, read_split
+from wood_train.device import pin_memory
 from wood_train.errors import ConfigError
 from wood_train.manifest.ood_list import OodSet
 from wood_train.wood.losses import DistanceTargets, distance_targets
@@ -74,11 +75,13 @@ class WoodObjective:
         out.mkdir(parents=True, exist_ok=True)
         ids = read_split(config.voc_root, config.train_split)
         id_paths = [image_path(config.voc_root, i) for i in ids]
-        labels = load_image_labels(config.voc_root, ids, len(self.class_names))
+        labels = load_image_labels(config.voc_root, ids, len(self.class_names), config.masks)
         workers = config.num_workers
 
         def features(paths, name):
-            loader = feature_loader(paths, size, config.feature_batch_size, num_workers=workers)
+            loader = feature_loader(
+                paths, size, config.feature_batch_size, workers, pin_memory(self.device)
+            )
             return extract_features(model, loader, out_path=out / name, device=self.device)
 
         z_id = features(id_paths, "id_features.npy")
@@ -105,7 +108,9 @@ class WoodObjective:
             self.ood_dataset.set_epoch(100_000 + round_)
             order = np.random.default_rng([config.seed, round_, 104729]).permutation(n)
             order = np.resize(order, per_round * size) if n < size else order
-            loader = fixed_order_loader(self.ood_dataset, order, size, skip, config.num_workers)
+            loader = fixed_order_loader(
+                self.ood_dataset, order, size, skip, config.num_workers, pin_memory(self.device)
+            )
             yield from (images for images, _, _ in loader)
             round_, skip = round_ + 1, 0
 
