@@ -1,11 +1,16 @@
 """``hardood annotate``: serve the review app (``app/annotate/streamlit_app.py``) for a curation store.
 
     hardood annotate --db curation.db [--host 127.0.0.1] [--port 8501] [--password-env VAR]
-                     [--lease-seconds 300] [--overlap 1] [--grid-size 12] [--export-dir DIR]
+                     [--lead-password-env VAR] [--lease-seconds 300] [--overlap 1]
+                     [--grid-size 12] [--dwell-seconds 1] [--guidelines FILE] [--hide-scores]
+                     [--image-root DIR ...] [--export-dir DIR]
 
 Streamlit runs headless, without usage statistics or opening a browser, on localhost unless told
 otherwise. Listening beyond localhost needs ``--password-env VAR``: the team's shared password is
 read from that environment variable (never from the command line, where ``ps`` would show it).
+The lead signs in with the password in ``--lead-password-env``. Images are served from the roots
+registered in the store (whoever can write the store decides what the app may show);
+``--image-root`` narrows that to an allow-list.
 This module stays free of Streamlit imports so the CLI starts fast; the app parses the same
 arguments with ``parse_app_args``.
 """
@@ -43,6 +48,23 @@ class AnnotateConfig:
     export_dir: Path = config_field(
         Path("data_manifests"), "folder the app's Export button writes to"
     )
+    lead_password_env: str | None = config_field(
+        None, "environment variable holding the lead's password (sign in with it to lead)"
+    )
+    dwell_seconds: float = config_field(
+        1.0, "Enter (grid) and n (single view) do nothing until a page has been shown this long"
+    )
+    guidelines: Path | None = config_field(
+        None, "Markdown file of labelling guidelines shown to annotators (may show images)"
+    )
+    hide_scores: bool = config_field(
+        False, "hide the model's scores, reasons and CAMs from annotators (the lead can switch it)"
+    )
+    image_roots: tuple[Path, ...] = config_field(
+        (),
+        "serve images only from these folders (default: every root registered in the store)",
+        flag="--image-root",
+    )
 
 
 def is_local_host(host: str) -> bool:
@@ -76,6 +98,20 @@ def check_config(config: AnnotateConfig, environ: dict[str, str] | None = None) 
         raise ConfigError(f"--lease-seconds must be positive, got {config.lease_seconds}")
     if not 0 < config.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {config.port}")
+    if config.lead_password_env is not None and not environ.get(config.lead_password_env):
+        raise ConfigError(
+            f"--lead-password-env {config.lead_password_env}: that environment variable is not "
+            "set or empty"
+        )
+    if not 0 <= config.dwell_seconds <= 10:
+        raise ConfigError(f"--dwell-seconds must be between 0 and 10, got {config.dwell_seconds}")
+    if config.guidelines is not None and not Path(config.guidelines).is_file():
+        raise MissingInputError(
+            f"--guidelines {config.guidelines}: no such file (a Markdown file of guidelines)"
+        )
+    for root in config.image_roots:
+        if not Path(root).is_dir():
+            raise MissingInputError(f"--image-root {root}: no such folder")
 
 
 def app_arguments(config: AnnotateConfig) -> list[str]:
@@ -89,8 +125,16 @@ def app_arguments(config: AnnotateConfig) -> list[str]:
         "--grid-size", str(config.grid_size),
         "--export-dir", str(Path(config.export_dir).resolve()),
     ]  # fmt: skip
+    args += ["--dwell-seconds", str(config.dwell_seconds)]
+    args += ["--hide-scores" if config.hide_scores else "--no-hide-scores"]
     if config.password_env is not None:
         args += ["--password-env", config.password_env]
+    if config.lead_password_env is not None:
+        args += ["--lead-password-env", config.lead_password_env]
+    if config.guidelines is not None:
+        args += ["--guidelines", str(Path(config.guidelines).resolve())]
+    if config.image_roots:
+        args += ["--image-root", *(str(Path(root).resolve()) for root in config.image_roots)]
     return args
 
 
@@ -104,6 +148,8 @@ def streamlit_command(config: AnnotateConfig) -> list[str]:
         "server.fileWatcherType": "none",
         "server.runOnSave": "false",
         "client.toolbarMode": "minimal",
+        # Streamlit's default accent is red, which the app keeps for "contains a foreground class"
+        "theme.primaryColor": "#374151",
         # tracebacks stay in the server log when others can reach the app
         "client.showErrorDetails": "full" if is_local_host(config.host) else "type",
     }

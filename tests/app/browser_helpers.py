@@ -69,6 +69,15 @@ GRID_READY_JS = """
 """
 
 
+# The page guards (hotkeys.js) allow a verdict: the dwell is over and every tile has been seen.
+GUARDS_OPEN_JS = """
+() => {
+  const p = window.__hardoodPage;
+  return Boolean(p && p.id) && performance.now() - p.shownAt >= p.dwellMs && p.seen.size >= p.total;
+}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -135,6 +144,11 @@ def wait_idle(page, timeout: float = 30_000) -> None:
         "?.getAttribute('data-test-script-state') === 'notRunning'",
         timeout=timeout,
     )
+
+
+def wait_guards(page, timeout: float = 30_000) -> None:
+    """Wait until the page may take a verdict: its dwell is over and every tile was on screen."""
+    page.wait_for_function(GUARDS_OPEN_JS, timeout=timeout)
 
 
 def wait_single(page, old: str | None = None, timeout: float = 30_000) -> str:

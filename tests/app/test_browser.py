@@ -1,8 +1,8 @@
 """The review app end to end in a real browser (Debian's chromium through Playwright).
 
 One annotator labels 20 images with the keyboard in the single view and 24 in the grid, undoes
-one, exports from the app, and the manifest holds exactly those verdicts. Two annotators working
-at once never see the same image.
+one image and one whole page, exports from the app, and the manifest holds exactly those
+verdicts. Two annotators working at once never see the same image.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tests.app.browser_helpers import (
     serve,
     sign_in,
     wait_grid,
+    wait_guards,
     wait_idle,
     wait_single,
 )
@@ -33,6 +34,19 @@ SINGLE_PLAN = "ncubnnccnubnnnccbunn"  # 20 key presses, one per image
 GRID_FLIPS = [["2", "7", "="], ["1", "click 0"]]
 KEY_VERDICT = {"n": "no_foreground", "c": "contains_foreground", "u": "unsure", "b": "bad_image"}
 GRID_KEYS = "1234567890-="
+DWELL = 0.2  # short, so the walk through 44 images stays quick; the guards have their own tests
+
+
+def checked_tiles(page) -> set[int]:
+    """Indices of the grid tiles whose checkbox is checked."""
+    return set(
+        page.evaluate(
+            """() => Array.from(document.querySelectorAll('[class*="st-key-gridcell_"]'))
+              .filter((c) => c.querySelector('input[type="checkbox"]:checked'))
+              .map((c) => Number(Array.from(c.classList).find((k) => k.startsWith('st-key-gridcell_'))
+                .slice('st-key-gridcell_'.length)))"""
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +58,11 @@ def browser():
         chromium.close()
 
 
-def press_single(page, key: str) -> str:
-    """Press a key on the shown item, wait for the next one; returns the next item's sha256."""
-    before = wait_single(page)
-    page.keyboard.press(key)
-    return wait_single(page, old=before)
-
-
 def test_keyboard_labelling_undo_and_export_round_trip(browser, tmp_path):
     world = build_review_store(tmp_path / "w", 60)
     exports = tmp_path / "exports"
     planned: dict[str, str] = {}
-    with serve(world.db, tmp_path / "server.log", export_dir=exports) as url:
+    with serve(world.db, tmp_path / "server.log", export_dir=exports, dwell_seconds=DWELL) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         # shortcut letters typed into a text field stay text
@@ -67,12 +74,14 @@ def test_keyboard_labelling_undo_and_export_round_trip(browser, tmp_path):
         shown = wait_single(page)
         for key in SINGLE_PLAN:
             planned[shown] = KEY_VERDICT[key]
+            wait_guards(page)
             page.keyboard.press(key)
             shown = wait_single(page, old=shown)
         # undo brings the last image back; it is then judged again, differently
         last = list(planned)[-1]
         page.keyboard.press("z")
         assert wait_single(page, old=shown) == last
+        wait_guards(page)
         page.keyboard.press("c")
         wait_single(page, old=last)
         planned[last] = "contains_foreground"
@@ -90,17 +99,29 @@ def test_keyboard_labelling_undo_and_export_round_trip(browser, tmp_path):
             flipped = {GRID_KEYS.index(key.removeprefix("click ")) for key in flips}
             for i, sha in enumerate(cells):
                 planned[sha] = "contains_foreground" if i in flipped else "no_foreground"
-            checked = page.locator('[class*="st-key-gridcell_"] input[type="checkbox"]:checked')
-            assert checked.count() == len(flips)  # the keys flipped exactly those thumbnails
+            assert checked_tiles(page) == flipped  # the keys flipped exactly those thumbnails
+            wait_guards(page)
             page.keyboard.press("Enter")
-            cells = wait_grid(page, old=cells)
+            submitted, cells = cells, wait_grid(page, old=cells)
+        # undo brings the whole last page back, every flip as it was submitted
+        page.keyboard.press("z")
+        assert wait_grid(page, old=cells) == submitted
+        assert checked_tiles(page) == flipped
+        wait_guards(page)
+        page.keyboard.press("1")  # change one verdict on the page brought back, then resubmit
+        planned[submitted[0]] = "no_foreground"
+        page.keyboard.press("Enter")
+        wait_grid(page, old=submitted)
 
         sidebar = page.locator('[data-testid="stSidebar"]')
         sidebar.get_by_text("Export manifest").click()
         name = sidebar.get_by_label("Name", exact=True)
         name.fill("browser_run")
-        name.press("Enter")  # commit the text input (a rerun) before the button is pressed
+        name.press("Enter")  # Enter in the name field exports nothing: the form has a button
+        name.press("Escape")  # and Escape leaves the field, so keys are shortcuts again
+        assert page.evaluate("document.activeElement.tagName") != "INPUT"
         wait_idle(page)
+        assert not (exports / "browser_run").exists()
         sidebar.get_by_role("button", name="Export").click()
         sidebar.get_by_text("Exported 44 images").wait_for(timeout=60_000)
         page.close()
@@ -119,7 +140,7 @@ def test_keyboard_labelling_undo_and_export_round_trip(browser, tmp_path):
 
 def test_two_annotators_at_once_never_see_the_same_image(browser, tmp_path):
     world = build_review_store(tmp_path / "w", 40)
-    with serve(world.db, tmp_path / "server.log", grid_size=6) as url:
+    with serve(world.db, tmp_path / "server.log", grid_size=6, dwell_seconds=DWELL) as url:
         pages = {}
         for name in ("ana", "bo"):
             context = browser.new_context(viewport={"width": 1300, "height": 900})
@@ -134,6 +155,8 @@ def test_two_annotators_at_once_never_see_the_same_image(browser, tmp_path):
         seen = {name: [sha] for name, sha in shown.items()}
         for round_ in range(6):
             assert shown["ana"] != shown["bo"]
+            for page in pages.values():
+                wait_guards(page)
             for page in pages.values():  # both press before either waits
                 page.keyboard.press("n" if round_ % 2 else "c")
             for name, page in pages.items():

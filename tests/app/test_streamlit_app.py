@@ -23,6 +23,8 @@ def world(tmp_path):
 
 
 def open_app(monkeypatch, db, *args: str) -> AppTest:
+    if "--dwell-seconds" not in args:  # AppTest clicks at once; the dwell has its own test
+        args = ("--dwell-seconds", "0", *args)
     monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--db", str(db), *args])
     at = AppTest.from_file(SCRIPT, default_timeout=30)
     at.run()
@@ -82,10 +84,10 @@ def verdicts_by_sha(db) -> dict[str, str]:
 def test_sign_in_rejects_a_bad_name_then_accepts(monkeypatch, world):
     at = open_app(monkeypatch, world.db)
     sign_in(at, "  ")
-    assert "annotator" not in at.session_state
+    assert "user" not in at.session_state
     assert "annotator name" in at.error[0].value
     sign_in(at, "ana")
-    assert at.session_state["annotator"] == "ana"
+    assert at.session_state["user"].name == "ana"
     assert at.radio[0].value == "Grid"  # the grid is the main mode
 
 
@@ -93,10 +95,10 @@ def test_password_is_required_when_configured(monkeypatch, world):
     monkeypatch.setenv("TEAM_PW", "s3cret")
     at = open_app(monkeypatch, world.db, "--password-env", "TEAM_PW", "--host", "0.0.0.0")
     sign_in(at, "ana", "guess")
-    assert "annotator" not in at.session_state
-    assert at.error[0].value == "Wrong team password."
+    assert "user" not in at.session_state
+    assert at.error[0].value == "Wrong password."
     sign_in(at, "ana", "s3cret")
-    assert at.session_state["annotator"] == "ana"
+    assert at.session_state["user"].name == "ana"
 
 
 def test_app_refuses_an_open_address_without_password(monkeypatch, world):
