@@ -100,8 +100,8 @@
     scheduled = true;
     requestAnimationFrame(() => {
       scheduled = false;
-      const id = pageId();
-      if (id !== page.id) newPage(id);
+      const id = pageId();  // null while a rerun redraws the page: the same page stays on
+      if (id && id !== page.id) newPage(id);
       doc.querySelectorAll("img.pixelated:not([data-fitted])").forEach(fitPixelated);
     });
   }).observe(doc.body, { childList: true, subtree: true, attributes: true, attributeFilter: ["data-stale"] });

@@ -100,7 +100,7 @@ def role_for_password(config: AnnotateConfig, password: str, environ=os.environ)
 def restore(config: AnnotateConfig) -> User | None:
     """The signed-in user of this session, or of this browser's cookie after a reload."""
     user = st.session_state.get("user")
-    if user is not None:
+    if user is not None or st.session_state.get("signed_out"):
         return user
     token = st.context.cookies.get(cookie_name(config))
     user = read_token(token) if token else None

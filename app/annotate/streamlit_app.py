@@ -191,7 +191,7 @@ def renew_leases(ctx: ViewContext) -> None:
 
 
 def sign_in_view(config: AnnotateConfig) -> None:
-    if st.session_state.pop("signed_out", False):
+    if st.session_state.get("signed_out"):
         session.forget(config)
     st.title("Review hard out-of-distribution candidates")
     st.write(
@@ -222,6 +222,7 @@ def sign_in_view(config: AnnotateConfig) -> None:
         return
     st.session_state.user = User(name, role)
     st.session_state.set_cookie = True
+    st.session_state.pop("signed_out", None)
     st.rerun()
 
 
