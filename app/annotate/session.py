@@ -82,7 +82,7 @@ def role_for_password(config: AnnotateConfig, password: str, environ=os.environ)
     """The role this password grants, or None when it grants nothing.
 
     The lead's password makes a lead. Otherwise the team password is needed when one is set;
-    without one (a local app) anyone is an annotator.
+    without one (a local app) anyone who leaves the password empty is an annotator.
     """
     given = password.encode()
 
@@ -92,7 +92,7 @@ def role_for_password(config: AnnotateConfig, password: str, environ=os.environ)
 
     if matches(config.lead_password_env):
         return LEAD
-    if config.password_env is None or matches(config.password_env):
+    if matches(config.password_env) or (config.password_env is None and not password):
         return ANNOTATOR
     return None
 

@@ -26,6 +26,7 @@ from app.annotate.images import DEFAULT_CAM_OPACITY
 from app.annotate.launch import AnnotateConfig, check_config, parse_app_args
 from app.annotate.progress import progress_view
 from app.annotate.session import User
+from app.annotate.settings import scores_hidden
 from app.annotate.single import single_view
 from curate import store
 from curate.export import build as export
@@ -36,7 +37,6 @@ from wood_train.manifest.contract import LABEL_POLICIES
 ANNOTATOR_VIEWS = ("Grid", "Single", "Progress")
 LEAD_VIEWS = ("Progress",)
 CSS = Path(__file__).with_name("annotate.css")
-HIDE_SCORES_META = "app.hide_scores"  # set by the lead; overrides --hide-scores
 EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
@@ -75,14 +75,7 @@ def main() -> None:
         progress_view(ctx)
 
 
-# ---- settings the lead can change ----------------------------------------------------------
-
-
-def scores_hidden(config: AnnotateConfig) -> bool:
-    """Whether annotators see the model's scores: the lead's switch, else ``--hide-scores``."""
-    with store.connect(config.db) as conn:
-        value = store.get_meta(conn, HIDE_SCORES_META)
-    return config.hide_scores if value is None else value == "1"
+# ---- loaders -------------------------------------------------------------------------------
 
 
 @st.cache_data(ttl=60, show_spinner=False)

@@ -2,83 +2,28 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from app.annotate import hotkeys
 from curate import store
-from curate.review import annotators, verdicts
+from curate.review import verdicts as review
+from tests.app.app_helpers import (
+    button,
+    grid_shas,
+    open_app,
+    press_verdict,
+    shown_sha,
+    sign_in,
+    submit_grid,
+    verdicts_by_sha,
+)
 from tests.curate.review_fixtures import build_review_store
 from wood_train.manifest.validate import validate_manifest
-
-SCRIPT = str(Path(__file__).resolve().parents[2] / "app" / "annotate" / "streamlit_app.py")
 
 
 @pytest.fixture
 def world(tmp_path):
     return build_review_store(tmp_path, 30)
-
-
-def open_app(monkeypatch, db, *args: str) -> AppTest:
-    if "--dwell-seconds" not in args:  # AppTest clicks at once; the dwell has its own test
-        args = ("--dwell-seconds", "0", *args)
-    monkeypatch.setattr(sys, "argv", ["streamlit_app.py", "--db", str(db), *args])
-    at = AppTest.from_file(SCRIPT, default_timeout=30)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def button(at: AppTest, label: str):
-    return next(b for b in at.button if b.label == label)
-
-
-def sign_in(at: AppTest, name: str, password: str | None = None) -> AppTest:
-    at.text_input[0].input(name)
-    if password is not None:
-        at.text_input[1].input(password)
-    button(at, "Sign in").click()
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def shown_sha(at: AppTest) -> str:
-    """The item the single view shows, read from its verdict buttons' keys."""
-    prefix = f"{hotkeys.VERDICT_PREFIX}no_foreground__"
-    (key,) = [b.key for b in at.button if b.key and b.key.startswith(prefix)]
-    return key[len(prefix) :]
-
-
-def press_verdict(at: AppTest, verdict: str, sha: str) -> AppTest:
-    at.button(key=f"{hotkeys.VERDICT_PREFIX}{verdict}__{sha}").click()
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def grid_shas(at: AppTest) -> list[str]:
-    """The grid page in reading order (thumbnail i is labelled with its key, "[1]".."[=]")."""
-    boxes = [c for c in at.checkbox if (c.key or "").startswith("gridcb__")]
-    boxes.sort(key=lambda c: hotkeys.GRID_KEYS.index(c.label[1]))
-    return [c.key.removeprefix("gridcb__") for c in boxes]
-
-
-def submit_grid(at: AppTest) -> AppTest:
-    (submit,) = [b for b in at.button if (b.key or "").startswith(hotkeys.GRID_SUBMIT_PREFIX)]
-    submit.click()
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def verdicts_by_sha(db) -> dict[str, str]:
-    with store.connect(db) as conn:
-        frame = verdicts.live_verdicts(conn)
-    return dict(zip(frame["sha256"], frame["verdict"]))
 
 
 def test_sign_in_rejects_a_bad_name_then_accepts(monkeypatch, world):
@@ -117,8 +62,7 @@ def test_grid_page_defaults_to_no_foreground_and_flips_what_was_checked(monkeypa
     expected = {sha: "no_foreground" for sha in page}
     expected[page[1]] = expected[page[4]] = "contains_foreground"
     assert verdicts_by_sha(world.db) == expected
-    with store.connect(world.db) as conn:
-        seconds = verdicts.live_verdicts(conn)["seconds"]
+    seconds = review.live_verdicts(world.db)["seconds"]
     assert seconds.notna().all() and (seconds >= 0).all()
     assert grid_shas(at) == world.shas[12:24]  # the next page, nothing of the first
     assert not any(c.value for c in at.checkbox)
@@ -147,8 +91,7 @@ def test_a_press_lands_on_the_item_it_was_drawn_for(monkeypatch, world):
     first = shown_sha(at)
     # the same annotator judged it meanwhile (another tab): the press is not applied twice,
     # and it is never applied to the next item, which ana has not seen yet
-    with store.connect(world.db) as conn:
-        verdicts.record_verdict(conn, "ana", first, "no_foreground", 1.0)
+    review.record_verdict(world.db, "ana", first, "no_foreground", 1.0)
     press_verdict(at, "contains_foreground", first)
     assert verdicts_by_sha(world.db) == {first: "no_foreground"}
     assert shown_sha(at) == world.shas[1]
@@ -187,13 +130,12 @@ def test_missing_image_file_shows_an_error_and_can_be_marked_bad(monkeypatch, wo
 
 
 def test_progress_view_counts_and_agreement(monkeypatch, world):
-    with store.connect(world.db) as conn:
-        for name in ("ana", "bo"):
-            annotators.sign_in(conn, name)
-        for i, (a, b) in enumerate(zip("nnnc", "nncc")):
-            label = {"n": "no_foreground", "c": "contains_foreground"}
-            verdicts.record_verdict(conn, "ana", world.shas[i], label[a], 2.0)
-            verdicts.record_verdict(conn, "bo", world.shas[i], label[b], 4.0)
+    for name in ("ana", "bo"):
+        review.sign_in(world.db, name)
+    for i, (a, b) in enumerate(zip("nnnc", "nncc")):
+        label = {"n": "no_foreground", "c": "contains_foreground"}
+        review.record_verdict(world.db, "ana", world.shas[i], label[a], 2.0)
+        review.record_verdict(world.db, "bo", world.shas[i], label[b], 4.0)
     at = sign_in(open_app(monkeypatch, world.db, "--overlap", "2"), "ana")
     at.radio[0].set_value("Progress").run()
     metrics = {m.label: m.value for m in at.metric}
@@ -228,8 +170,7 @@ def test_a_verdict_that_cannot_be_saved_says_so(monkeypatch, world):
     at = sign_in(open_app(monkeypatch, world.db), "ana")
     at.radio[0].set_value("Single").run()
     shown = shown_sha(at)
-    # the queue was rebuilt without this image meanwhile
-    with store.connect(world.db) as conn, store.transaction(conn):
+    with store.connect(world.db) as conn:  # the queue was rebuilt without this image meanwhile
         conn.execute("DELETE FROM leases WHERE sha256 = ?", (shown,))
         conn.execute("DELETE FROM queue WHERE sha256 = ?", (shown,))
     press_verdict(at, "no_foreground", shown)
