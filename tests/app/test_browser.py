@@ -168,3 +168,32 @@ def test_two_annotators_at_once_never_see_the_same_image(browser, tmp_path):
     with store.connect(world.db) as conn:
         live = verdicts.live_verdicts(conn)
     assert len(live) == 12 and live["sha256"].is_unique
+
+
+def test_leases_are_renewed_while_the_annotator_is_active_and_only_then(browser, tmp_path):
+    world = build_review_store(tmp_path / "w", 30)
+    with serve(world.db, tmp_path / "server.log", lease_seconds=15, dwell_seconds=DWELL) as url:
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        sign_in(page, url, "active")
+        cells = wait_grid(page)
+
+        def expiry() -> float:
+            with store.connect(world.db) as conn:
+                rows = conn.execute(
+                    "SELECT MIN(expires_at) FROM leases WHERE annotator = 'active'"
+                ).fetchone()
+            return rows[0]
+
+        first = expiry()
+        for step in range(14):  # 7 s of work on the page: the mouse moves, a tile flips
+            page.mouse.move(200 + 40 * step, 300)
+            if step == 4:
+                page.keyboard.press("3")
+            page.wait_for_timeout(500)
+        renewed = expiry()
+        assert renewed > first + 4  # renewed at least once (every lease_seconds / 3 = 5 s)
+        page.wait_for_timeout(11_000)  # idle for two renewal periods: nothing renews
+        assert expiry() == renewed
+        assert wait_grid(page) == cells  # still the same page, the flip still there
+        assert checked_tiles(page) == {2}
+        page.close()
