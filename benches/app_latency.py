@@ -105,6 +105,11 @@ def main() -> int:
     parser.add_argument("--single", type=int, default=60, help="verdicts timed in the single view")
     parser.add_argument("--pages", type=int, default=10, help="grid pages timed")
     parser.add_argument(
+        "--viewport",
+        default="1366x768",
+        help="browser window, WIDTHxHEIGHT (the README's: 1366x768)",
+    )
+    parser.add_argument(
         "--screenshots", type=Path, default=REPO_ROOT / "docs" / "img", help="folder for the PNGs"
     )
     args = parser.parse_args()
@@ -120,7 +125,8 @@ def main() -> int:
         ) as url:
             with sync_playwright() as playwright:
                 browser = launch_chromium(playwright)
-                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                width, height = (int(v) for v in args.viewport.split("x"))
+                page = browser.new_page(viewport={"width": width, "height": height})
                 page.add_init_script(KEY_CLOCK_JS)
                 sign_in(page, url, "ana")
                 wait_grid(page)
@@ -151,7 +157,7 @@ def main() -> int:
     ]  # fmt: skip
     print(
         f"queue {args.items} items (store built in {build_s:.1f} s), {os.cpu_count()} CPU cores, "
-        f"chromium headless; times in ms"
+        f"chromium headless at {args.viewport}; times in ms"
     )
     print(f"{'measurement':<36} {'n':>4} {'median':>8} {'p95':>8} {'max':>8}  {'target':<14} met")
     for name, values, target, met in rows:
