@@ -92,8 +92,8 @@ def header(config: AnnotateConfig) -> None:
     names = class_names(str(config.db))
     listed = " · ".join(f"<b>{n}</b>" for n in names) or "(no classes recorded in the store)"
     text = (
-        f'<p class="hardood-header">Foreground classes: {listed}. An image with any of them, '
-        "even small or partly hidden, <em>contains foreground</em>.</p>"
+        f'<p class="hardood-header">Foreground classes: {listed}. Any of them, even small or '
+        "partly hidden, means <em>contains foreground</em>.</p>"
     )
     if config.guidelines is None:
         st.html(text)
