@@ -26,7 +26,7 @@ from app.annotate.images import DEFAULT_CAM_OPACITY
 from app.annotate.launch import AnnotateConfig, check_config, parse_app_args
 from app.annotate.progress import progress_view
 from app.annotate.session import User
-from app.annotate.settings import scores_hidden
+from app.annotate.settings import scores_hidden, set_scores_hidden
 from app.annotate.single import single_view
 from curate import store
 from curate.export import build as export
@@ -120,7 +120,7 @@ def sidebar(config: AnnotateConfig, user: User, show_scores: bool) -> tuple[str,
         views = LEAD_VIEWS if user.is_lead else ANNOTATOR_VIEWS
         view = st.radio("View", views, horizontal=True, key="view")
         with_cam, opacity = False, DEFAULT_CAM_OPACITY
-        if show_scores and not user.is_lead:
+        if show_scores and not user.is_lead:  # the lead sees every score in the lead's views
             with_cam = st.toggle(
                 f"CAM beside the image ({hotkeys.CAM_KEY})", key=hotkeys.CAM_WIDGET
             )
@@ -137,6 +137,12 @@ def sidebar(config: AnnotateConfig, user: User, show_scores: bool) -> tuple[str,
             )  # fmt: skip
             with st.expander("Keyboard shortcuts"):
                 st.markdown(hotkeys.shortcuts_markdown())
+        if user.is_lead:
+            st.toggle(
+                "Hide the model's scores from annotators", value=not show_scores,
+                key="lead_hide_scores", on_change=switch_scores, args=(config,),
+                help="scores, reasons and CAMs; the model's guess can anchor a verdict",
+            )  # fmt: skip
         if user.is_lead or config.lead_password_env is None:
             export_panel(config)
         st.button("Sign out", key="sign_out", on_click=sign_out, args=(config, user))
@@ -156,6 +162,11 @@ def undo_last_submission(config: AnnotateConfig, user: User) -> None:
         sha: verdict == FLIPPED for sha, verdict in zip(entry.shas, entry.verdicts)
     }
     notify(f"Undid your last {len(entry.shas)} verdict(s); shown again as you gave them.")
+
+
+def switch_scores(config: AnnotateConfig) -> None:
+    """The lead's switch: what every annotator's next page shows."""
+    set_scores_hidden(config.db, st.session_state["lead_hide_scores"])
 
 
 def sign_out(config: AnnotateConfig, user: User) -> None:

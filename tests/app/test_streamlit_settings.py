@@ -102,6 +102,16 @@ def test_the_lead_signs_in_with_the_lead_password_and_holds_no_leases(monkeypatc
     # without a team password, anyone else signs in as an annotator with an empty password
     ana = sign_in(open_app(monkeypatch, world.db, *args), "ana", "")
     assert not ana.session_state["user"].is_lead and grid_shas(ana) == world.shas[:12]
+    assert "lead_hide_scores" not in [t.key for t in ana.toggle]  # the switch is the lead's
+    # the lead's switch hides the model's scores on the annotators' next page
+    at.toggle(key="lead_hide_scores").set_value(True).run()
+    ana.run()
+    labels = [c.label for c in ana.checkbox if (c.key or "").startswith(hotkeys.GRID_BOX_PREFIX)]
+    assert labels[0] == "[1] #1" and not [t for t in ana.toggle if t.key == hotkeys.CAM_WIDGET]
+    at.toggle(key="lead_hide_scores").set_value(False).run()
+    ana.run()
+    labels = [c.label for c in ana.checkbox if (c.key or "").startswith(hotkeys.GRID_BOX_PREFIX)]
+    assert labels[0] == "[1] aeroplane 0.99"
 
 
 def test_undo_brings_back_the_whole_page_with_every_flip(monkeypatch, world):
