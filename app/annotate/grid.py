@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import sqlite3
 import time
 
 import streamlit as st
@@ -18,7 +19,8 @@ from app.annotate import history, hotkeys
 from app.annotate.context import ViewContext, notify, plain, take_notices
 from app.annotate.image_loader import CannotShow, load_picture
 from app.annotate.images import THUMB_SIDE, img_tag
-from curate.review import verdicts as review
+from curate import store
+from curate.review import leases, verdicts
 from wood_train.errors import HardoodError
 
 COLUMNS = 4
@@ -44,31 +46,32 @@ def submit_page(ctx: ViewContext, token: str) -> None:
         pages[token] = page
         notify(f"Not submitted: the page was on screen for {shown_for:.1f} s. Look first.")
         return
-    verdicts = [FLIPPED if st.session_state.get(box_key(sha)) else DEFAULT for sha in page["shas"]]
+    given = [FLIPPED if st.session_state.get(box_key(sha)) else DEFAULT for sha in page["shas"]]
     seconds = shown_for / len(page["shas"])
     try:
-        review.record_verdicts(
-            str(ctx.config.db), ctx.user.name,
-            [(sha, verdict, seconds) for sha, verdict in zip(page["shas"], verdicts)],
-        )  # fmt: skip
+        with store.connect(ctx.config.db) as conn:
+            verdicts.record_verdicts(
+                conn, ctx.user.name,
+                [(sha, verdict, seconds) for sha, verdict in zip(page["shas"], given)],
+            )  # fmt: skip
     except HardoodError as exc:  # e.g. the queue was rebuilt under this page
         notify(f"Not saved: {exc}", error=True)
         return
-    history.push(page["shas"], verdicts)
+    history.push(page["shas"], given)
 
 
-def tile_html(ctx: ViewContext, item, index: int) -> str:
+def tile_html(ctx: ViewContext, conn: sqlite3.Connection, item, index: int) -> str:
     """A tile's image (and its CAM beside it when asked), with alt text and the zoom corner."""
     db, roots = str(ctx.config.db), ctx.image_roots
     alt = f"Tile {index + 1}: #{item.rank}"
     try:
-        picture = load_picture(db, item.sha256, THUMB_SIDE, image_roots=roots)
+        picture = load_picture(db, conn, item.sha256, THUMB_SIDE, image_roots=roots)
         alt += f", {picture.file_name}"
         if ctx.show_scores:
             alt += f", model's top class {item.top_class}"
         tags = [img_tag(picture.shown, alt, "half" if ctx.with_cam else "")]
         if ctx.with_cam:
-            cam = load_picture(db, item.sha256, THUMB_SIDE, True, ctx.cam_opacity, roots)
+            cam = load_picture(db, conn, item.sha256, THUMB_SIDE, True, ctx.cam_opacity, roots)
             tags.append(
                 img_tag(cam.shown, f"CAM of {item.top_class} over tile {index + 1}", "half")
             )
@@ -84,11 +87,15 @@ def tile_html(ctx: ViewContext, item, index: int) -> str:
 
 @st.fragment
 def grid_view(ctx: ViewContext) -> None:
+    with store.connect(ctx.config.db) as conn:  # one connection for this run of the grid
+        draw_grid(ctx, conn)
+
+
+def draw_grid(ctx: ViewContext, conn: sqlite3.Connection) -> None:
     pages = st.session_state.setdefault("grid_pages", {})
-    items = review.lease_next(
-        str(ctx.config.db), ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds,
-        n=ctx.config.grid_size,
-    )  # fmt: skip
+    items = leases.lease_next(
+        conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds, n=ctx.config.grid_size
+    )
     take_notices()
     if not items:
         st.success(
@@ -110,7 +117,7 @@ def grid_view(ctx: ViewContext) -> None:
             for offset, item in enumerate(items[start : start + COLUMNS]):
                 index = start + offset
                 with row[offset], st.container(key=f"{hotkeys.GRID_CELL_PREFIX}{index}", gap=None):
-                    st.html(tile_html(ctx, item, index))
+                    st.html(tile_html(ctx, conn, item, index))
                     key = hotkeys.grid_key_label(index)
                     what = (
                         f"{plain(item.top_class)} {item.top_score or 0:.2f}"

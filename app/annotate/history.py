@@ -8,12 +8,13 @@ old one is kept, marked undone.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
 import streamlit as st
 
-from curate.review import verdicts as review
+from curate.review import verdicts
 
 MAX_ENTRIES = 8
 
@@ -36,14 +37,14 @@ def push(shas: list[str], verdicts: list[str]) -> None:
     del log[:-MAX_ENTRIES]
 
 
-def undo(db: str, annotator: str, lease_seconds: float) -> Submission | None:
+def undo(conn: sqlite3.Connection, annotator: str, lease_seconds: float) -> Submission | None:
     """Undo the newest submission in the store; returns it, or None when there is none."""
     log = entries()
     if not log:  # a new session (a reload): the store still knows the last verdict
-        sha = review.undo_last(db, annotator, lease_seconds)
+        sha = verdicts.undo_last(conn, annotator, lease_seconds)
         return None if sha is None else Submission((sha,), ("",), time.time())
     entry = log.pop()
     for _ in entry.shas:
-        if review.undo_last(db, annotator, lease_seconds) is None:
+        if verdicts.undo_last(conn, annotator, lease_seconds) is None:
             break
     return entry

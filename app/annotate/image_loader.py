@@ -9,6 +9,7 @@ cannot be shown names the file relative to its root, never an absolute path.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -16,7 +17,7 @@ import streamlit as st
 
 from app.annotate.images import Shown, render
 from curate.ingest.image_files import contained_file, image_locations
-from curate.review import verdicts as review
+from curate.review import leases
 from wood_train.data.imageio import ImageDecodeError, decode_image
 
 
@@ -40,10 +41,12 @@ def allowed(root: str, image_roots: tuple[str, ...]) -> bool:
     return any(real.is_relative_to(Path(allowed_root).resolve()) for allowed_root in image_roots)
 
 
-def read_verified(db: str, sha256: str, image_roots: tuple[str, ...]) -> tuple[bytes, str]:
+def read_verified(
+    conn: sqlite3.Connection, sha256: str, image_roots: tuple[str, ...]
+) -> tuple[bytes, str]:
     """The image's bytes and its path relative to its root, from the first allowed location
     whose file lies inside its root and hashes to ``sha256``."""
-    locations = image_locations(db, sha256)
+    locations = image_locations(conn, sha256)
     if not locations:
         raise CannotShow(f"image {sha256[:12]} has no file registered in the store")
     permitted = [(root, rel) for root, rel in locations if allowed(root, image_roots)]
@@ -69,19 +72,23 @@ def read_verified(db: str, sha256: str, image_roots: tuple[str, ...]) -> tuple[b
 @st.cache_data(max_entries=1024, show_spinner=False)
 def load_picture(
     db: str,
+    _conn: sqlite3.Connection,
     sha256: str,
     side: int,
     with_cam: bool = False,
     opacity: float = 0.0,
     image_roots: tuple[str, ...] = (),
 ) -> Picture:
-    """The image at ``side``, or with ``with_cam`` its CAM blended over it at ``opacity``."""
-    data, relpath = read_verified(db, sha256, image_roots)
+    """The image at ``side``, or with ``with_cam`` its CAM blended over it at ``opacity``.
+
+    Cached per store, image and rendering; ``_conn`` (the run's connection) is not part of the key.
+    """
+    data, relpath = read_verified(_conn, sha256, image_roots)
     try:
         rgb = decode_image(data, relpath)
     except ImageDecodeError as exc:
         raise CannotShow(f"{relpath} cannot be decoded ({exc.reason.replace('_', ' ')})") from exc
-    heatmap = review.item_heatmap(db, sha256) if with_cam else None
+    heatmap = leases.item_heatmap(_conn, sha256) if with_cam else None
     if with_cam and heatmap is None:
         raise CannotShow("no CAM was stored for this image")
     return Picture(render(rgb, side, heatmap, opacity), PurePosixPath(relpath).name)

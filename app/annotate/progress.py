@@ -6,11 +6,15 @@ it on a screen.
 
 from __future__ import annotations
 
+import sqlite3
+
 import pandas as pd
 import streamlit as st
 
 from app.annotate.context import ViewContext
-from curate.review import verdicts as review
+from curate import store
+from curate.review import agreement as review_agreement
+from curate.review import progress as review_progress
 
 REFRESH_SECONDS = 10
 
@@ -34,8 +38,13 @@ def annotator_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 @st.fragment(run_every=REFRESH_SECONDS)
 def progress_view(ctx: ViewContext) -> None:
-    db, overlap = str(ctx.config.db), ctx.config.overlap
-    summary = review.progress_summary(db, overlap)
+    with store.connect(ctx.config.db) as conn:  # one connection for this refresh
+        draw_progress(ctx, conn)
+
+
+def draw_progress(ctx: ViewContext, conn: sqlite3.Connection) -> None:
+    overlap = ctx.config.overlap
+    summary = review_progress.progress_summary(conn, overlap)
     total = summary["queue_items"]
     columns = st.columns(4)
     columns[0].metric("Done", f"{summary['done_items']} / {total}")
@@ -52,9 +61,9 @@ def progress_view(ctx: ViewContext) -> None:
         f"Refreshes every {REFRESH_SECONDS} s."
     )
     st.subheader("Annotators")
-    st.table(annotator_table(review.progress_frame(db)))
+    st.table(annotator_table(review_progress.progress_frame(conn)))
     st.subheader("Agreement on images seen by several annotators")
-    agreement = review.agreement(db)
+    agreement = review_agreement.agreement_summary(conn)
     if agreement["method"] is None:
         st.write("No image has verdicts from two annotators yet (use --overlap 2 to measure it).")
     else:

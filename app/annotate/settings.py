@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import sqlite3
 
 from app.annotate.launch import AnnotateConfig
 from curate import store
@@ -10,14 +10,13 @@ from curate import store
 HIDE_SCORES_META = "app.hide_scores"  # "1" or "0"; absent: --hide-scores decides
 
 
-def scores_hidden(config: AnnotateConfig) -> bool:
+def scores_hidden(conn: sqlite3.Connection, config: AnnotateConfig) -> bool:
     """Whether annotators see the model's scores: the lead's switch, else ``--hide-scores``."""
-    with store.connect(config.db) as conn:
-        value = store.get_meta(conn, HIDE_SCORES_META)
+    value = store.get_meta(conn, HIDE_SCORES_META)
     return config.hide_scores if value is None else value == "1"
 
 
-def set_scores_hidden(db: str | Path, hidden: bool) -> None:
+def set_scores_hidden(conn: sqlite3.Connection, hidden: bool) -> None:
     """The lead's switch: hide (or show) the model's scores, reasons and CAMs to annotators."""
-    with store.connect(db) as conn:
+    with store.transaction(conn):
         store.set_meta(conn, HIDE_SCORES_META, "1" if hidden else "0")

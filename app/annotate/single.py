@@ -7,6 +7,7 @@ the annotator saw.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import streamlit as st
@@ -15,7 +16,8 @@ from app.annotate import history, hotkeys
 from app.annotate.context import ViewContext, notify, plain, take_notices
 from app.annotate.image_loader import CannotShow, load_picture
 from app.annotate.images import DISPLAY_SIDE, img_tag, legend_html
-from curate.review import verdicts as review
+from curate import store
+from curate.review import leases, verdicts
 from wood_train.errors import HardoodError
 
 VERDICT_LABELS = {
@@ -35,7 +37,8 @@ def record_single(ctx: ViewContext, sha: str, verdict: str) -> None:
         notify(f"Not recorded: the image was on screen for {seconds:.1f} s. Look first.")
         return
     try:
-        recorded = review.record_verdict(str(ctx.config.db), ctx.user.name, sha, verdict, seconds)
+        with store.connect(ctx.config.db) as conn:
+            recorded = verdicts.record_verdict(conn, ctx.user.name, sha, verdict, seconds)
     except HardoodError as exc:  # e.g. the queue was rebuilt under this image
         notify(f"Not saved: {exc}", error=True)
         return
@@ -44,15 +47,15 @@ def record_single(ctx: ViewContext, sha: str, verdict: str) -> None:
         history.push([sha], [verdict])
 
 
-def image_html(ctx: ViewContext, item) -> str:
+def image_html(ctx: ViewContext, conn: sqlite3.Connection, item) -> str:
     db, roots = str(ctx.config.db), ctx.image_roots
-    picture = load_picture(db, item.sha256, DISPLAY_SIDE, image_roots=roots)
+    picture = load_picture(db, conn, item.sha256, DISPLAY_SIDE, image_roots=roots)
     alt = f"#{item.rank}, {picture.file_name}"
     if ctx.show_scores:
         alt += f", model's top class {item.top_class}"
     if not ctx.with_cam:
         return f'<figure class="hardood-single">{img_tag(picture.shown, alt)}</figure>'
-    cam = load_picture(db, item.sha256, DISPLAY_SIDE, True, ctx.cam_opacity, roots)
+    cam = load_picture(db, conn, item.sha256, DISPLAY_SIDE, True, ctx.cam_opacity, roots)
     cam_alt = f"CAM of {item.top_class} over #{item.rank}"
     return (
         f'<figure class="hardood-single">{img_tag(picture.shown, alt, "half")}'
@@ -62,9 +65,14 @@ def image_html(ctx: ViewContext, item) -> str:
 
 @st.fragment
 def single_view(ctx: ViewContext) -> None:
+    with store.connect(ctx.config.db) as conn:  # one connection for this run of the view
+        draw_single(ctx, conn)
+
+
+def draw_single(ctx: ViewContext, conn: sqlite3.Connection) -> None:
     shown_at = st.session_state.setdefault("shown_at", {})
-    items = review.lease_next(
-        str(ctx.config.db), ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds, n=1
+    items = leases.lease_next(
+        conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds, n=1
     )
     take_notices()
     if not items:
@@ -79,7 +87,7 @@ def single_view(ctx: ViewContext) -> None:
     left, right = st.columns([3, 1], gap="medium")
     with left, st.container(key=f"{hotkeys.ITEM_PREFIX}{item.sha256}"):
         try:
-            st.html(image_html(ctx, item))
+            st.html(image_html(ctx, conn, item))
         except CannotShow as exc:
             st.error(f"Cannot show this image: {exc}. Mark it as a bad image.")
     with right:

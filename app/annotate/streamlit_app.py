@@ -12,6 +12,7 @@ sidebar. The class list heads every page.
 from __future__ import annotations
 
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from app.annotate.settings import scores_hidden, set_scores_hidden
 from app.annotate.single import single_view
 from curate import store
 from curate.export import build as export
-from curate.review import verdicts as review
+from curate.review import annotators, leases, verdicts
 from wood_train.errors import HardoodError
 from wood_train.manifest.contract import LABEL_POLICIES
 
@@ -54,16 +55,17 @@ def main() -> None:
         st.html(
             hotkeys.hotkeys_html(config.dwell_seconds, renew_every), unsafe_allow_javascript=True
         )
-    user = session.restore(config)
-    if user is None:
-        sign_in_view(config)
-        return
-    if st.session_state.pop("set_cookie", False):
-        session.remember(config, user)
-    show_scores = not scores_hidden(config)
-    view, with_cam, opacity = sidebar(config, user, show_scores)
-    ctx = ViewContext(config, user, show_scores, with_cam and show_scores, opacity)
-    header(config)
+    with store.connect(config.db) as conn:  # the page around the views; each view run has its own
+        user = session.restore(config)
+        if user is None:
+            sign_in_view(config, conn)
+            return
+        if st.session_state.pop("set_cookie", False):
+            session.remember(config, user)
+        show_scores = not scores_hidden(conn, config)
+        view, with_cam, opacity = sidebar(config, conn, user, show_scores)
+        ctx = ViewContext(config, user, show_scores, with_cam and show_scores, opacity)
+        header(config, conn)
     if view == "Grid":
         grid_view(ctx)
         renew_box(ctx)
@@ -79,17 +81,17 @@ def main() -> None:
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def class_names(db: str) -> list[str]:
-    with store.connect(db) as conn:
-        return store.get_classes(conn) or []
+def class_names(db: str, _conn: sqlite3.Connection) -> list[str]:
+    """The store's foreground classes (cached per store; ``_conn`` is not part of the key)."""
+    return store.get_classes(_conn) or []
 
 
 # ---- header and sidebar --------------------------------------------------------------------
 
 
-def header(config: AnnotateConfig) -> None:
+def header(config: AnnotateConfig, conn: sqlite3.Connection) -> None:
     """The classes to look for, on every page; the guidelines one click away."""
-    names = class_names(str(config.db))
+    names = class_names(str(config.db), conn)
     listed = " · ".join(f"<b>{n}</b>" for n in names) or "(no classes recorded in the store)"
     text = (
         f'<p class="hardood-header">Foreground classes: {listed}. Any of them, even small or '
@@ -113,7 +115,9 @@ def show_guidelines(path: Path) -> None:
             st.markdown(part.markdown)
 
 
-def sidebar(config: AnnotateConfig, user: User, show_scores: bool) -> tuple[str, bool, float]:
+def sidebar(
+    config: AnnotateConfig, conn: sqlite3.Connection, user: User, show_scores: bool
+) -> tuple[str, bool, float]:
     """The sidebar; returns the chosen view, whether to show CAMs, and their opacity."""
     with st.sidebar:
         st.markdown(f"Signed in as **{user.name}**" + (" (lead)" if user.is_lead else ""))
@@ -129,7 +133,7 @@ def sidebar(config: AnnotateConfig, user: User, show_scores: bool) -> tuple[str,
                     "CAM opacity", 0.0, 1.0, DEFAULT_CAM_OPACITY, 0.1, key="cam_opacity"
                 )
         if not user.is_lead:
-            count = review.verdict_count(config.db, user.name)
+            count = verdicts.verdict_count(conn, user.name)
             st.caption(f"{count} verdicts by you · {config.overlap} verdict(s) per image")
             st.button(
                 f"Undo last ({hotkeys.UNDO_KEY})", key=hotkeys.UNDO_WIDGET,
@@ -144,7 +148,7 @@ def sidebar(config: AnnotateConfig, user: User, show_scores: bool) -> tuple[str,
                 help="scores, reasons and CAMs; the model's guess can anchor a verdict",
             )  # fmt: skip
         if user.is_lead or config.lead_password_env is None:
-            export_panel(config)
+            export_panel(config, conn)
         st.button("Sign out", key="sign_out", on_click=sign_out, args=(config, user))
     return view, with_cam, opacity
 
@@ -154,7 +158,8 @@ def sidebar(config: AnnotateConfig, user: User, show_scores: bool) -> tuple[str,
 
 def undo_last_submission(config: AnnotateConfig, user: User) -> None:
     """Undo's callback: the last submission comes back, every flip as it was submitted."""
-    entry = history.undo(str(config.db), user.name, config.lease_seconds)
+    with store.connect(config.db) as conn:
+        entry = history.undo(conn, user.name, config.lease_seconds)
     if entry is None:
         notify("Nothing to undo.")
         return
@@ -166,12 +171,14 @@ def undo_last_submission(config: AnnotateConfig, user: User) -> None:
 
 def switch_scores(config: AnnotateConfig) -> None:
     """The lead's switch: what every annotator's next page shows."""
-    set_scores_hidden(config.db, st.session_state["lead_hide_scores"])
+    with store.connect(config.db) as conn:
+        set_scores_hidden(conn, st.session_state["lead_hide_scores"])
 
 
 def sign_out(config: AnnotateConfig, user: User) -> None:
     if not user.is_lead:
-        review.release(config.db, user.name)
+        with store.connect(config.db) as conn:
+            leases.release(conn, user.name)
     st.session_state.clear()
     st.session_state["signed_out"] = True
 
@@ -185,16 +192,17 @@ def renew_box(ctx: ViewContext) -> None:
 
 def renew_leases(ctx: ViewContext) -> None:
     # lease_next renews every lease the annotator holds; the page size keeps it to this page
-    review.lease_next(
-        str(ctx.config.db), ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds,
-        n=ctx.config.grid_size,
-    )  # fmt: skip
+    with store.connect(ctx.config.db) as conn:
+        leases.lease_next(
+            conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds,
+            n=ctx.config.grid_size,
+        )  # fmt: skip
 
 
 # ---- sign-in and export --------------------------------------------------------------------
 
 
-def sign_in_view(config: AnnotateConfig) -> None:
+def sign_in_view(config: AnnotateConfig, conn: sqlite3.Connection) -> None:
     if st.session_state.get("signed_out"):
         session.forget(config)
     st.title("Review hard out-of-distribution candidates")
@@ -219,7 +227,9 @@ def sign_in_view(config: AnnotateConfig) -> None:
         return
     try:
         name = (
-            review.normalise_name(name) if role == session.LEAD else review.sign_in(config.db, name)
+            annotators.normalise_name(name)
+            if role == session.LEAD
+            else annotators.sign_in(conn, name)
         )
     except HardoodError as exc:
         st.error(str(exc))
@@ -230,7 +240,7 @@ def sign_in_view(config: AnnotateConfig) -> None:
     st.rerun()
 
 
-def export_panel(config: AnnotateConfig) -> None:
+def export_panel(config: AnnotateConfig, conn: sqlite3.Connection) -> None:
     with st.expander("Export manifest"), st.form("export", enter_to_submit=False):
         default = f"{Path(config.db).stem}_{time.strftime('%Y%m%d')}"
         name = st.text_input(
@@ -244,7 +254,7 @@ def export_panel(config: AnnotateConfig) -> None:
         st.sidebar.error("Use letters, digits, '.', '_' or '-' for the export name.")
         return
     try:
-        result = export.export_manifest(config.db, Path(config.export_dir) / name, policy, force)
+        result = export.export_manifest(conn, Path(config.export_dir) / name, policy, force)
     except HardoodError as exc:
         st.sidebar.error(without_paths(str(exc)))
         return

@@ -8,7 +8,8 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from app.annotate import hotkeys
-from curate.review import verdicts as review
+from curate import store
+from curate.review import verdicts
 
 SCRIPT = str(Path(__file__).resolve().parents[2] / "app" / "annotate" / "streamlit_app.py")
 
@@ -67,5 +68,6 @@ def submit_grid(at: AppTest) -> AppTest:
 
 
 def verdicts_by_sha(db) -> dict[str, str]:
-    frame = review.live_verdicts(db)
+    with store.connect(db) as conn:
+        frame = verdicts.live_verdicts(conn)
     return dict(zip(frame["sha256"], frame["verdict"]))

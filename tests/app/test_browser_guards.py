@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from curate.review import verdicts as review
+from curate import store
+from curate.review import verdicts
 from tests.app.browser_helpers import (
     CHROMIUM,
     choose_view,
@@ -65,7 +66,8 @@ def open_page(browser):
 
 
 def verdicts_of(world, name: str) -> dict[str, str]:
-    live = review.live_verdicts(world.db)
+    with store.connect(world.db) as conn:
+        live = verdicts.live_verdicts(conn)
     mine = live[live["annotator"] == name]
     return dict(zip(mine["sha256"], mine["verdict"]))
 

@@ -6,7 +6,7 @@ import pytest
 
 from app.annotate import hotkeys
 from curate import store
-from curate.review import verdicts as review
+from curate.review import annotators, verdicts
 from tests.app.app_helpers import (
     button,
     grid_shas,
@@ -62,7 +62,8 @@ def test_grid_page_defaults_to_no_foreground_and_flips_what_was_checked(monkeypa
     expected = {sha: "no_foreground" for sha in page}
     expected[page[1]] = expected[page[4]] = "contains_foreground"
     assert verdicts_by_sha(world.db) == expected
-    seconds = review.live_verdicts(world.db)["seconds"]
+    with store.connect(world.db) as conn:
+        seconds = verdicts.live_verdicts(conn)["seconds"]
     assert seconds.notna().all() and (seconds >= 0).all()
     assert grid_shas(at) == world.shas[12:24]  # the next page, nothing of the first
     assert not any(c.value for c in at.checkbox)
@@ -91,7 +92,8 @@ def test_a_press_lands_on_the_item_it_was_drawn_for(monkeypatch, world):
     first = shown_sha(at)
     # the same annotator judged it meanwhile (another tab): the press is not applied twice,
     # and it is never applied to the next item, which ana has not seen yet
-    review.record_verdict(world.db, "ana", first, "no_foreground", 1.0)
+    with store.connect(world.db) as conn:
+        verdicts.record_verdict(conn, "ana", first, "no_foreground", 1.0)
     press_verdict(at, "contains_foreground", first)
     assert verdicts_by_sha(world.db) == {first: "no_foreground"}
     assert shown_sha(at) == world.shas[1]
@@ -131,11 +133,13 @@ def test_missing_image_file_shows_an_error_and_can_be_marked_bad(monkeypatch, wo
 
 def test_progress_view_counts_and_agreement(monkeypatch, world):
     for name in ("ana", "bo"):
-        review.sign_in(world.db, name)
+        with store.connect(world.db) as conn:
+            annotators.sign_in(conn, name)
     for i, (a, b) in enumerate(zip("nnnc", "nncc")):
         label = {"n": "no_foreground", "c": "contains_foreground"}
-        review.record_verdict(world.db, "ana", world.shas[i], label[a], 2.0)
-        review.record_verdict(world.db, "bo", world.shas[i], label[b], 4.0)
+        with store.connect(world.db) as conn:
+            verdicts.record_verdict(conn, "ana", world.shas[i], label[a], 2.0)
+            verdicts.record_verdict(conn, "bo", world.shas[i], label[b], 4.0)
     at = sign_in(open_app(monkeypatch, world.db, "--overlap", "2"), "ana")
     at.radio[0].set_value("Progress").run()
     metrics = {m.label: m.value for m in at.metric}

@@ -14,7 +14,6 @@ from PIL import Image
 from app.annotate import hotkeys
 from app.annotate.settings import set_scores_hidden
 from curate import store
-from curate.review import verdicts as review
 from tests.app.app_helpers import (
     button,
     grid_shas,
@@ -80,7 +79,8 @@ def test_hidden_scores_hide_the_models_output_and_the_leads_switch_overrides(mon
     at.radio(key="view").set_value("Single").run()
     right = "\n".join(m.value for m in at.markdown)
     assert "**#1**" in right and "scores" not in right and "0.99" not in right
-    set_scores_hidden(world.db, False)  # the lead shows them again
+    with store.connect(world.db) as conn:  # the lead shows them again
+        set_scores_hidden(conn, False)
     at.radio(key="view").set_value("Grid").run()
     labels = [c.label for c in at.checkbox if (c.key or "").startswith(hotkeys.GRID_BOX_PREFIX)]
     assert labels[0] == "[1] aeroplane 0.99"
@@ -200,4 +200,3 @@ def test_messages_for_annotators_never_hold_an_absolute_path(monkeypatch, world,
     messages.append(at.sidebar.error[0].value)
     for message in messages:
         assert str(tmp_path) not in message and not re.search(r"(^|\s)/\w", message), message
-    review.sign_in(world.db, "bo")
