@@ -86,7 +86,7 @@ class MineConfig:
         0.5, "candidates below this hardness_score stay out of the queue"
     )
     dup_threshold: float = config_field(
-        0.98, "aligned similarity at which two images are near duplicates"
+        0.985, "aligned similarity at which two images are near duplicates"
     )
     dup_candidate_threshold: float = config_field(
         0.90, "thumbnail cosine for a pair to be checked at all"

@@ -28,7 +28,7 @@ from curate import mine as mine_module
 from curate import store
 from curate.mine import mine
 from curate.mine_config import PRESETS, MineConfig
-from curate.neighbours.near_duplicates import THUMB_EMBEDDER
+from curate.neighbours.near_duplicates import CONFIRM_EMBEDDER, THUMB_EMBEDDER
 from curate.queue.build import queue_frame
 from curate.score.scoring import classifier_embedder_name
 from wood_train import config as cfg
@@ -359,7 +359,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, checkpoint)
     assert _counts(db, "SELECT COUNT(*) FROM scores") == n_images
     assert _counts(db, "SELECT COUNT(DISTINCT sha256) FROM scores") == n_images
     embedder = classifier_embedder_name(_ck_sha(checkpoint))
-    for name in (embedder, THUMB_EMBEDDER):
+    for name in (embedder, THUMB_EMBEDDER, CONFIRM_EMBEDDER):
         where = f"FROM embeddings WHERE embedder = '{name}'"
         assert _counts(db, f"SELECT COUNT(*) {where}") == n_images
         assert _counts(db, f"SELECT COUNT(DISTINCT row) {where}") == n_images
