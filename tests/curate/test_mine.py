@@ -400,7 +400,7 @@ def test_a_store_copied_without_its_embeddings_folder_is_explained_and_rebuilt_b
     # re-running mine with the same checkpoint re-embeds what the folder held; scores are kept
     lines: list[str] = []
     mine(_config(tmp_path, checkpoint, pool, db=copy), log=lines.append)
-    assert lines[1].startswith("embeddings: 16 vectors missing from ")  # 8 images, 2 embedders
+    assert lines[1].startswith("embeddings: 24 vectors missing from ")  # 8 images, 3 embedders
     assert lines[2].startswith("score: 8 images scored")
     assert _counts(copy, "SELECT COUNT(*) FROM scores") == 8
     assert main(similar) == 0
