@@ -27,6 +27,8 @@ all 100 with no false merge, 0.98 lets one false pair through and 0.99 misses 3%
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,6 +53,7 @@ CANDIDATE_K = 16
 CONFIRM_EMBEDDER = "confirm16"
 CONFIRM_SIDE = 16
 CONFIRM_DIM = CONFIRM_SIDE * CONFIRM_SIDE * 3
+OFFSET_STEP = 1  # crop offsets tried, in pixels of the ALIGN_SIDE picture
 CONFIRM_BLOCK = 256  # images whose windows are held at once (256 x 100 x 768 float32: 79 MB)
 
 
@@ -89,25 +92,27 @@ def _interpolation(side: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _window_matrices(side: int) -> tuple[np.ndarray, ...]:
-    """Per window side: (offsets, COMPARE_SIDE, CONFIRM_SIDE) matrices, one per 1-pixel offset.
+def _window_matrices(side: int) -> tuple[np.ndarray, list[int]]:
+    """All windows' cell-averaging rows stacked: ((R, side) matrix, offsets per window side).
 
-    Row ``c`` of matrix ``o`` averages cell ``c`` of the window starting at offset ``o`` of the
-    ALIGN_SIDE-pixel picture that the stored thumbnail is bilinearly upsampled to, so one window's
-    16 x 16 cells are ``M[oy] @ thumbnail @ M[ox].T``.
+    Rows ``16 o : 16 (o + 1)`` of a window side's block average the 16 cells of the window that
+    starts at offset ``o`` (in ALIGN_SIDE-pixel steps of ``OFFSET_STEP``) of the picture the stored
+    thumbnail is bilinearly upsampled to, so one window is ``M_oy @ thumbnail @ M_ox.T``.
     """
     upsample = _interpolation(side)
-    out = []
+    blocks, counts = [], []
     for window in [ALIGN_SIDE] + [round(ALIGN_SIDE * f) for f in CROP_FRACTIONS]:
         cells = np.arange(COMPARE_SIDE)
         lo = cells * window // COMPARE_SIDE
         hi = -(-(cells + 1) * window // COMPARE_SIDE)  # ceil: bins overlap by a pixel where uneven
-        averaging = np.zeros((ALIGN_SIDE - window + 1, COMPARE_SIDE, ALIGN_SIDE))
-        for offset in range(ALIGN_SIDE - window + 1):
+        offsets = range(0, ALIGN_SIDE - window + 1, OFFSET_STEP)
+        averaging = np.zeros((len(offsets), COMPARE_SIDE, ALIGN_SIDE))
+        for k, offset in enumerate(offsets):
             for c in cells:
-                averaging[offset, c, offset + lo[c] : offset + hi[c]] = 1.0 / (hi[c] - lo[c])
-        out.append((averaging @ upsample).astype(np.float32))
-    return tuple(out)
+                averaging[k, c, offset + lo[c] : offset + hi[c]] = 1.0 / (hi[c] - lo[c])
+        blocks.append((averaging @ upsample).reshape(-1, side))
+        counts.append(len(offsets))
+    return np.concatenate(blocks).astype(np.float32), counts
 
 
 def _as_images(thumbnails: np.ndarray) -> np.ndarray:
@@ -120,19 +125,31 @@ def _as_images(thumbnails: np.ndarray) -> np.ndarray:
 def thumbnail_views(thumbnails: np.ndarray, whole_only: bool = False) -> np.ndarray:
     """(B, V, 768) unit vectors: every window of each stored thumbnail (the whole image first).
 
-    Windows are the whole picture and crops of ``CROP_FRACTIONS`` of its side at every 1-pixel
-    offset (of the ALIGN_SIDE-pixel picture), each averaged to COMPARE_SIDE x COMPARE_SIDE RGB,
-    mean-centred and L2-normalised. ``whole_only`` returns the whole-picture window alone.
+    Windows are the whole picture and crops of ``CROP_FRACTIONS`` of its side at every offset
+    (``OFFSET_STEP`` pixels of the ALIGN_SIDE-pixel picture), each averaged to COMPARE_SIDE x
+    COMPARE_SIDE RGB, mean-centred and L2-normalised. ``whole_only``: the whole picture alone.
+    Two matrix products for the whole batch: rows of every window, then columns.
     """
     images = _as_images(thumbnails)
-    matrices = _window_matrices(images.shape[-1])
-    parts = []
-    for m in matrices[:1] if whole_only else matrices:
-        rows = np.matmul(m[None, None], images[:, :, None])  # (B, 3, n, cell, S)
-        cells = np.matmul(rows[:, :, :, None], m.transpose(0, 2, 1)[None, None, None])
-        n = m.shape[0]  # cells: (B, 3, n, n, cell, cell)
-        parts.append(cells.transpose(0, 2, 3, 1, 4, 5).reshape(len(images), n * n, -1))
-    return _unit(np.concatenate(parts, axis=1))
+    b, _, side, _ = images.shape
+    matrix, counts = _window_matrices(side)
+    if whole_only:
+        matrix, counts = matrix[:COMPARE_SIDE], [1]
+    r = COMPARE_SIDE
+    # rows: (R, S) @ (S, B*3*S) -> (R, B, 3, S)
+    rows = (matrix @ images.transpose(2, 0, 1, 3).reshape(side, -1)).reshape(-1, b, 3, side)
+    parts, start = [], 0
+    for n in counts:
+        block = matrix[start : start + n * r]  # this side's windows, for the columns
+        these = rows[start : start + n * r].reshape(-1, side)
+        # columns: (n*r*B*3, S) @ (S, n*r) -> (n_y, r_y, B, 3, n_x, r_x)
+        cells = (these @ block.T).reshape(n, r, b, 3, n, r)
+        parts.append(cells.transpose(2, 0, 4, 3, 1, 5).reshape(b, n * n, 3 * r * r))
+        start += n * r
+    views = np.concatenate(parts, axis=1)
+    views -= views.mean(axis=-1, keepdims=True)  # in place: the block is the largest array here
+    views /= np.maximum(np.sqrt(np.einsum("bvd,bvd->bv", views, views)), 1e-6)[..., None]
+    return views
 
 
 def aligned_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -161,15 +178,13 @@ def candidate_pairs(
     """
     pairs = near_pairs(descriptors, candidate_threshold, CANDIDATE_K)
     keep = pairs.src != pairs.dst
-    low = np.minimum(pairs.src[keep], pairs.dst[keep])
-    high = np.maximum(pairs.src[keep], pairs.dst[keep])
-    found = np.unique(np.stack([low, high], axis=1), axis=0) if len(low) else np.zeros((0, 2), int)
+    low = np.minimum(pairs.src[keep], pairs.dst[keep]).astype(np.int64)
+    high = np.maximum(pairs.src[keep], pairs.dst[keep]).astype(np.int64)
+    n = max(len(descriptors), 1)
+    found = np.unique(low * n + high)  # each unordered pair once, sorted by (i, j)
+    i, j = found // n, found % n
     return pd.DataFrame(
-        {
-            "i": found[:, 0].astype(np.int64),
-            "j": found[:, 1].astype(np.int64),
-            "similarity": confirm_pairs(found, thumbnails),
-        }
+        {"i": i, "j": j, "similarity": confirm_pairs(np.stack([i, j], axis=1), thumbnails)}
     )
 
 
@@ -181,7 +196,7 @@ def groups_from_pairs(
     Returns ``sha256``, ``representative`` (highest ``priority``, ties to the smaller key),
     ``group_size`` and ``dup_score`` (best confirmed similarity to another member; NaN alone).
     """
-    keys = list(keys)
+    keys = np.asarray(list(keys), dtype=object)
     n = len(keys)
     linked = pairs[pairs["similarity"] >= threshold]
     labels = connected_components(n, linked["i"].to_numpy(), linked["j"].to_numpy())
@@ -191,14 +206,21 @@ def groups_from_pairs(
     if len(ends):
         best_by_end = pd.Series(sims).groupby(ends).max()
         best[best_by_end.index.to_numpy()] = best_by_end.to_numpy()
-    frame = pd.DataFrame({"sha256": keys, "label": labels, "priority": np.asarray(priority, float)})
-    ordered = frame.sort_values(["label", "priority", "sha256"], ascending=[True, False, True])
-    representative = ordered.groupby("label")["sha256"].first()
+    sizes = np.bincount(labels, minlength=n)
+    representative = keys.copy()  # a singleton represents itself
+    grouped = np.nonzero(sizes[labels] > 1)[0]  # usually a small share: sort only those
+    if len(grouped):
+        frame = pd.DataFrame({"row": grouped, "label": labels[grouped],
+                              "priority": np.asarray(priority, float)[grouped],
+                              "sha256": keys[grouped]})  # fmt: skip
+        ordered = frame.sort_values(["label", "priority", "sha256"], ascending=[True, False, True])
+        first = ordered.groupby("label")["row"].first()
+        representative[grouped] = keys[first.loc[labels[grouped]].to_numpy()]
     return pd.DataFrame(
         {
             "sha256": keys,
-            "representative": representative.loc[labels].to_numpy(),
-            "group_size": np.bincount(labels, minlength=n)[labels],
+            "representative": representative,
+            "group_size": sizes[labels],
             "dup_score": best,
         }
     )
@@ -255,19 +277,25 @@ def confirm_pairs(pairs: np.ndarray, thumbnails: np.ndarray) -> np.ndarray:
     order = np.argsort(ends, kind="stable")
     ends, partners, edge = ends[order], partners[order], edge[order]
     images = np.unique(ends)
-    bounds = np.searchsorted(ends, images)
-    bounds = np.append(bounds, len(ends))
-    bar = progress(total=len(images), desc="near-duplicate check", unit="img")
-    for start in range(0, len(images), CONFIRM_BLOCK):
+    bounds = np.append(np.searchsorted(ends, images), len(ends))
+
+    def block_scores(start: int) -> tuple[np.ndarray, np.ndarray]:
         block = images[start : start + CONFIRM_BLOCK]
         lo, hi = bounds[start], bounds[min(start + CONFIRM_BLOCK, len(images))]
         views = thumbnail_views(thumbnails[block])
         needed, where = np.unique(partners[lo:hi], return_inverse=True)
         whole = thumbnail_views(thumbnails[needed], whole_only=True)[:, 0]
-        for b in range(len(block)):
-            a, z = bounds[start + b] - lo, bounds[start + b + 1] - lo
-            best = (views[b] @ whole[where[a:z]].T).max(axis=0)
-            np.maximum.at(scores, edge[lo + a : lo + z], best)
-        bar.update(len(block))
+        best = np.empty(hi - lo)
+        for k in range(len(block)):
+            a, z = bounds[start + k] - lo, bounds[start + k + 1] - lo
+            best[a:z] = (views[k] @ whole[where[a:z]].T).max(axis=0)
+        return edge[lo:hi], best
+
+    bar = progress(total=len(images), desc="near-duplicate check", unit="img")
+    # numpy releases the GIL in the products, so blocks run side by side on every core
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for edges, best in pool.map(block_scores, range(0, len(images), CONFIRM_BLOCK)):
+            np.maximum.at(scores, edges, best)
+            bar.update(min(CONFIRM_BLOCK, bar.total - bar.n))
     bar.close()
     return scores
