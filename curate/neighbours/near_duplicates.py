@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -294,8 +294,9 @@ def confirm_pairs(pairs: np.ndarray, thumbnails: np.ndarray) -> np.ndarray:
     bar = progress(total=len(images), desc="near-duplicate check", unit="img")
     # numpy releases the GIL in the products, so blocks run side by side on every core
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for edges, best in pool.map(block_scores, range(0, len(images), CONFIRM_BLOCK)):
+        starts = range(0, len(images), CONFIRM_BLOCK)
+        for start, (edges, best) in zip(starts, pool.map(block_scores, starts)):
             np.maximum.at(scores, edges, best)
-            bar.update(min(CONFIRM_BLOCK, bar.total - bar.n))
+            bar.update(min(CONFIRM_BLOCK, len(images) - start))
     bar.close()
     return scores
