@@ -1,12 +1,13 @@
 """A compressed faiss index saved beside an embedder's vectors, for "more like this" at 10M images.
 
-Up to ``APPROXIMATE_FROM`` vectors, ``hardood similar`` searches exactly (``build_index``). Beyond,
+Up to ``APPROXIMATE_FROM`` (100,000) vectors, ``hardood similar`` searches exactly. Beyond,
 loading and indexing every vector per question would take minutes, so the first question builds
 an IVF-PQ index (``IVF<nlist>_HNSW32,PQ<m>``: an HNSW coarse quantizer, 8 dimensions per 1-byte
 code, so 10M x 512-d vectors take 640 MB) and saves it as ``<embedder>.ivfpq`` in the embeddings
-folder with the number of file rows it holds. Later questions load it memory-mapped, add the rows
-appended since, and search it. The ``RERANK``-fold candidates it returns are re-ranked with the
-exact vectors read from the memory-mapped file, so the order and similarities shown are exact.
+folder with the number of file rows it holds. Later questions memory-map it (reading only the
+lists they probe), add the rows appended since, and search it. The ``RERANK``-fold candidates it
+returns are re-ranked with the exact vectors read from the memory-mapped file, so the order and
+similarities shown are exact.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from curate import store
 from curate.neighbours.vector_index import ADD_CHUNK, EmbeddingFile, training_sample
 from wood_train.progress import progress
 
-APPROXIMATE_FROM = 1_000_000
+APPROXIMATE_FROM = 100_000
 NPROBE = 64
 RERANK = 8  # candidates per neighbour asked for, re-ranked exactly
-MAX_LISTS = 16_384
-TRAIN_POINTS_PER_LIST = 30
-MAX_TRAIN_POINTS = 262_144
+MAX_LISTS = 4096
+LISTS_PER_SQRT_N = 2
+TRAIN_POINTS_PER_LIST = 32
+KMEANS_ITERATIONS = 10  # of the coarse k-means (faiss's default is 25; 10 is enough for recall)
 
 
 def _paths(conn: sqlite3.Connection, embedder: str):
@@ -36,7 +38,7 @@ def _paths(conn: sqlite3.Connection, embedder: str):
 
 
 def _factory(n: int, dim: int) -> str:
-    nlist = int(min(MAX_LISTS, max(64, 4 * math.sqrt(n))))
+    nlist = int(min(MAX_LISTS, max(64, LISTS_PER_SQRT_N * math.sqrt(n))))
     codes = max(1, dim // 8) if dim % 8 == 0 else dim
     return f"IVF{nlist}_HNSW32,PQ{codes}"
 
@@ -58,14 +60,18 @@ def load_or_build(conn: sqlite3.Connection, embedder: str) -> faiss.Index:
     if index_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         held = int(meta["rows"])
-        index = faiss.read_index(str(index_path))
+        # memory-mapped: a question reads the lists it probes, not the whole index
+        index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     if held == 0 or held > n:  # none yet, or the file was replaced: start again
         index = faiss.index_factory(file.dim, _factory(n, file.dim), faiss.METRIC_INNER_PRODUCT)
-        nlist = faiss.extract_index_ivf(index).nlist
-        sample = training_sample(n, min(MAX_TRAIN_POINTS, nlist * TRAIN_POINTS_PER_LIST))
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.niter = KMEANS_ITERATIONS
+        sample = training_sample(n, ivf.nlist * TRAIN_POINTS_PER_LIST)
         index.train(np.ascontiguousarray(data[sample], dtype=np.float32))
         held = 0
     if held < n:
+        if held:  # a memory-mapped index is read-only: read it whole to extend it
+            index = faiss.read_index(str(index_path))
         _add(index, data, held, n)
         tmp = index_path.with_suffix(".ivfpq.tmp")
         faiss.write_index(index, str(tmp))
