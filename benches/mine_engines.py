@@ -104,7 +104,7 @@ def stage_costs(work: Path, checkpoint: Path, pool: Path, batch: int) -> pd.Data
         times[name] = time.perf_counter() - started
         return out
 
-    items = timed("decode", lambda: [load_for_scoring(s, p, 64, False) for s, p in page])
+    items = timed("decode", lambda: [load_for_scoring(s, r, p, 64, False) for s, r, p in page])
     batches = [collate_scoring(items[i : i + batch]) for i in range(0, n, batch)]
     with torch.inference_mode():
         scored = timed(

@@ -279,6 +279,7 @@ def _score_on_ray(conn, config: MineConfig, scorer: Scorer, run_id, log):
         heatmap_size=config.heatmap_size,
         amp=config.amp,
         shard_folder=default_shard_folder(conn, scorer.checkpoint_sha256, config.ray_run_dir),
+        max_file_bytes=int(config.max_file_mb * 2**20),
         device=config.device,
         clip_model=config.clip_model if config.embedder == "open_clip" else None,
         clip_checkpoint=str(Path(config.clip_checkpoint).resolve())

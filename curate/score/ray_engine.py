@@ -3,8 +3,9 @@
 The driver lists the pending images from the store (the same query as the local engine) into an
 Arrow table; Ray Data splits it into batches and hands them to a pool of ``ShardScorer`` actors
 (``map_batches`` with a callable class: each actor loads the classifier, and CLIP when asked,
-once). An actor reads each file's bytes through a pyarrow filesystem (local paths, ``s3://``,
-``gs://``), decodes, verifies the hash and scores exactly as the local engine does
+once). An actor reads each file (a pool root that is a URI, ``s3://`` or ``gs://``, through a
+pyarrow filesystem; a local root through the same containment and size checks as the local
+engine), decodes, verifies the hash and scores exactly as the local engine does
 (``decode_for_scoring``, ``score_loaded``), and writes the batch as one Parquet shard in the run
 folder. Actors never touch SQLite. When the job ends, ``merge_shards`` folds the shards into the
 store in one step.
@@ -27,7 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from curate.score.pending import collate_scoring, decode_for_scoring, pending_page
+from curate.ingest.image_files import DEFAULT_MAX_FILE_MB
+from curate.score.pending import (
+    collate_scoring,
+    decode_for_scoring,
+    pending_page,
+)
 from curate.score.scoring import Scorer, ScoreReport, hardness_from, score_loaded
 from curate.score.shards import merge_shards, read_bytes, run_folder, write_shard
 from wood_train.errors import ConfigError
@@ -61,6 +67,7 @@ class ActorSpec:
     heatmap_size: int
     amp: bool
     shard_folder: str
+    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20)
     device: str = "auto"
     threads: int = 1
     clip_model: str | None = None
@@ -134,16 +141,16 @@ class RaySettings:
 
 
 def pending_table(conn: sqlite3.Connection, scorer: Scorer) -> pa.Table:
-    """(sha256, path) of every image the local engine would score, as one Arrow table."""
-    shas: list[str] = []
-    paths: list[str] = []
+    """(sha256, root, relpath) of every image the local engine would score, as an Arrow table."""
+    columns: list[list[str]] = [[], [], []]
     after = ""
     while page := pending_page(conn, scorer.checkpoint_sha256, scorer.embedders, after,
                                LISTING_PAGE):  # fmt: skip
-        shas += [sha for sha, _ in page]
-        paths += [path for _, path in page]
+        for column, values in zip(columns, zip(*page)):
+            column.extend(values)
         after = page[-1][0]
-    return pa.table({"sha256": pa.array(shas, pa.string()), "path": pa.array(paths, pa.string())})
+    names = ("sha256", "root", "relpath")
+    return pa.table({name: pa.array(values, pa.string()) for name, values in zip(names, columns)})
 
 
 def start_ray(address: str | None):

@@ -41,9 +41,17 @@ def filesystem_of(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
-def read_bytes(uri: str) -> bytes:
-    """All bytes of a file named by a URI (``s3://``, ``gs://``, ``file://``) or a local path."""
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """All bytes of a file named by a URI (``s3://``, ``gs://``, ``file://``) or a local path.
+
+    A file larger than ``max_bytes`` raises ``OSError`` without being read.
+    """
     filesystem, path = filesystem_of(uri)
+    info = filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"not a file ({info.type.name.lower()})")
+    if max_bytes is not None and info.size is not None and info.size > max_bytes:
+        raise OSError(f"{info.size} bytes, over the {max_bytes}-byte cap")
     with filesystem.open_input_stream(path) as stream:
         return stream.read()
 

@@ -220,6 +220,8 @@ def test_read_bytes_takes_a_path_or_a_filesystem_uri(tmp_path):
     assert read_bytes(str(path)) == read_bytes(path.as_uri()) == b"\x00\x01payload"
     with pytest.raises(OSError):
         read_bytes(str(tmp_path / "missing.bin"))
+    with pytest.raises(OSError, match="over the 4-byte cap"):
+        read_bytes(path.as_uri(), max_bytes=4)
 
 
 def test_engine_ray_without_ray_says_how_to_install_it(tmp_path, checkpoint, monkeypatch, capsys):
