@@ -14,7 +14,13 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	$(VENV)/bin/hardood demo
 
-test: $(INSTALLED) chromium
+# the tests also run the Ray engine, an optional extra
+RAY_INSTALLED := $(VENV)/.ray-installed
+$(RAY_INSTALLED): $(INSTALLED)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
+	@touch $(RAY_INSTALLED)
+
+test: $(RAY_INSTALLED) chromium
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -33,16 +33,15 @@ from curate import store  # noqa: E402
 from curate.mine import mine  # noqa: E402
 from curate.mine_config import PRESETS  # noqa: E402
 from curate.neighbours.near_duplicates import (  # noqa: E402
+    CONFIRM_EMBEDDER,
     DEFAULT_DUP_CANDIDATE_THRESHOLD,
-    THUMB_DIM,
     THUMB_EMBEDDER,
     candidate_pairs,
     groups_from_pairs,
 )
 from curate.neighbours.vector_index import EmbeddingFile  # noqa: E402
-from curate.queue.build import first_paths, queue_frame  # noqa: E402
+from curate.queue.build import queue_frame  # noqa: E402
 from wood_train.config import replace  # noqa: E402
-from wood_train.data.imageio import read_image  # noqa: E402
 from wood_train.world.config import WORLD_PRESETS  # noqa: E402
 from wood_train.world.generate import find_world, generate_world  # noqa: E402
 from wood_train.world.truth import read_pool_truth  # noqa: E402
@@ -137,13 +136,12 @@ def dedup_quality(conn, truth: pd.DataFrame, classifier_embedder: str):
     labels = info.loc[frame["file"], "group"].to_numpy()
     recall, false_merge = grouping_quality(frame["rep"].to_numpy(), labels)
     shas = list(frame["sha256"])
-    paths = first_paths(conn, shas)
     pairs = candidate_pairs(
-        shas, EmbeddingFile(conn, THUMB_EMBEDDER, THUMB_DIM).load(shas),
-        lambda sha: read_image(paths[sha]), DEFAULT_DUP_CANDIDATE_THRESHOLD,
+        EmbeddingFile.open(conn, THUMB_EMBEDDER).load(shas),
+        EmbeddingFile.open(conn, CONFIRM_EMBEDDER).load(shas), DEFAULT_DUP_CANDIDATE_THRESHOLD,
     )  # fmt: skip
     aligned = []
-    for threshold in (0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.99):
+    for threshold in (0.95, 0.96, 0.97, 0.975, 0.98, 0.985, 0.99, 0.995):
         groups = groups_from_pairs(shas, frame["hardness"], pairs, threshold)
         r, f = grouping_quality(groups["representative"].to_numpy(), labels)
         aligned.append({"threshold": threshold, "recall": r, "false_merge": f})

@@ -39,7 +39,7 @@ from curate.ingest.pool_sources import (
     tag_map_mids,
 )
 from curate.ingest.register import ingest_pool
-from curate.mine_config import EMBEDDERS, HARDNESS_MODES, MineConfig
+from curate.mine_config import EMBEDDERS, ENGINES, HARDNESS_MODES, MineConfig
 from curate.neighbours.vector_index import forget_missing_vectors
 from curate.queue.build import QueueSettings, build_queue
 from curate.score.scoring import (
@@ -79,6 +79,12 @@ def _check(config: MineConfig) -> None:
         raise ConfigError("mine needs --checkpoint (the baseline classifier that scores the pool)")
     if config.hardness not in HARDNESS_MODES:
         raise ConfigError(f"--hardness must be one of {HARDNESS_MODES}, got {config.hardness!r}")
+    if config.engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {ENGINES}, got {config.engine!r}")
+    if config.engine == "ray":
+        from curate.score.ray_engine import import_ray
+
+        import_ray()  # without Ray installed: say how to install it, before any work
     if config.embedder not in EMBEDDERS:
         raise ConfigError(f"--embedder must be one of {EMBEDDERS}, got {config.embedder!r}")
     if config.embedder == "open_clip" and config.clip_checkpoint is None:
@@ -246,9 +252,12 @@ def _score_step(conn, config: MineConfig, model, meta, device, run_id, counts, l
         clip_name = clip.name
     scorer = Scorer(model, meta["weights_sha256"], list(meta["class_names"]), config.image_size,
                     device, clip, clip_name)  # fmt: skip
-    report = score_pool(conn, scorer, run_id, config.hardness, config.heatmap_size,
-                        config.batch_size, config.workers, config.amp,
-                        int(config.max_file_mb * 2**20))  # fmt: skip
+    if config.engine == "ray":
+        report = _score_on_ray(conn, config, scorer, run_id, log)
+    else:
+        report = score_pool(conn, scorer, run_id, config.hardness, config.heatmap_size,
+                            config.batch_size, config.workers, config.amp,
+                            int(config.max_file_mb * 2**20))  # fmt: skip
     seconds = time.perf_counter() - started
     counts.update({f"score_{k.replace(':', '_')}": v for k, v in report.counts.items()})
     rate = f", {report.counts['scored'] / seconds:.1f} img/s" if report.counts["scored"] else ""
@@ -257,6 +266,29 @@ def _score_step(conn, config: MineConfig, model, meta, device, run_id, counts, l
         log(f"  {problem}")
     rescore_hardness(conn, scorer.checkpoint_sha256, config.hardness, len(scorer.class_names))
     return scorer
+
+
+def _score_on_ray(conn, config: MineConfig, scorer: Scorer, run_id, log):
+    from curate.score.ray_engine import ActorSpec, RaySettings, default_shard_folder, score_pool_ray
+
+    spec = ActorSpec(
+        checkpoint=str(Path(config.checkpoint).resolve()),
+        checkpoint_sha256=scorer.checkpoint_sha256,
+        image_size=config.image_size,
+        hardness=config.hardness,
+        heatmap_size=config.heatmap_size,
+        amp=config.amp,
+        shard_folder=default_shard_folder(conn, scorer.checkpoint_sha256, config.ray_run_dir),
+        max_file_bytes=int(config.max_file_mb * 2**20),
+        device=config.device,
+        clip_model=config.clip_model if config.embedder == "open_clip" else None,
+        clip_checkpoint=str(Path(config.clip_checkpoint).resolve())
+        if config.embedder == "open_clip"
+        else None,
+    )
+    settings = RaySettings(config.ray_address, config.ray_concurrency, config.ray_cpus_per_actor,
+                           config.ray_run_dir)  # fmt: skip
+    return score_pool_ray(conn, scorer, spec, run_id, config.batch_size, settings, log)
 
 
 def _queue_step(conn, config: MineConfig, scorer: Scorer, run_id, counts, log) -> pd.DataFrame:

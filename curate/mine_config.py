@@ -8,6 +8,7 @@ from pathlib import Path
 from wood_train.config import config_field
 
 HARDNESS_MODES = ("probability", "energy")
+ENGINES = ("local", "ray")
 EMBEDDERS = ("classifier", "open_clip")
 DEFAULT_EMBEDDER = "classifier"  # the baseline classifier's GAP features
 
@@ -74,6 +75,21 @@ class MineConfig:
     )
     device: str = config_field("auto", "auto | cpu | cuda | cuda:N")
     amp: bool = config_field(True, "bf16/fp16 autocast on CUDA")
+    engine: str = config_field(
+        "local", "local (this process) | ray (Ray Data actors, Parquet shards, one merge)"
+    )
+    ray_address: str | None = config_field(
+        None, "with --engine ray: auto, or a cluster address; none starts a local Ray"
+    )
+    ray_concurrency: int | None = config_field(
+        None, "with --engine ray: scoring actors; none = one per GPU, else 1"
+    )
+    ray_cpus_per_actor: float | None = config_field(
+        None, "with --engine ray: CPUs per actor; none = the cluster's CPUs / actors"
+    )
+    ray_run_dir: str | None = config_field(
+        None, "with --engine ray: shard folder (path or s3:// gs:// URI); none = NAME.shards/"
+    )
     embedder: str = config_field("classifier", "classifier (L2-normalised GAP feature) | open_clip")
     clip_model: str = config_field("ViT-B-32", "open_clip model name (with --embedder open_clip)")
     clip_checkpoint: Path | None = config_field(
@@ -86,7 +102,7 @@ class MineConfig:
         0.5, "candidates below this hardness_score stay out of the queue"
     )
     dup_threshold: float = config_field(
-        0.98, "aligned similarity at which two images are near duplicates"
+        0.985, "aligned similarity at which two images are near duplicates"
     )
     dup_candidate_threshold: float = config_field(
         0.90, "thumbnail cosine for a pair to be checked at all"

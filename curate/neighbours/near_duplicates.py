@@ -9,19 +9,27 @@ pixel-level question, answered in two steps:
    L2-normalised; computed by the scoring workers and stored as the ``thumb6`` embedding) is
    compared with ``curate.neighbours.near_pairs.near_pairs``; pairs at or above ``candidate_threshold`` go on.
    The thumbnail is coarse on purpose: a re-encoded, resized or slightly cropped copy stays close.
-2. Confirmation: ``aligned_similarity`` resizes both images to 64 x 64 and takes the best
-   normalised correlation (area-averaged to 16 x 16 RGB) between one image and crops of the other (crop fractions
-   0.91 - 0.97 at every 1-pixel offset, both ways round). Two images at or above ``threshold``
-   are near duplicates; groups are connected components of confirmed pairs, represented by their
-   highest-priority member.
+2. Confirmation: scoring also stores each image's ``confirmation_thumbnail`` (16 x 16 RGB uint8,
+   768 bytes, the ``confirm16`` embedding), so confirming never opens an original file. Both
+   thumbnails are upsampled to 64 x 64 and ``confirm_pairs`` takes the best normalised
+   correlation (area-averaged to 16 x 16 RGB) between one picture and crops of the other (crop
+   fractions 0.91 - 0.97 at every 1-pixel offset, both ways round). Two images at or above
+   ``threshold`` are near duplicates; groups are connected components of confirmed pairs,
+   represented by their highest-priority member.
 
-Defaults (candidate 0.90, threshold 0.98) come from the default world's injected duplicates
-(JPEG re-encodes, 0.8-1.25x resizes, 3-8% crops): see ``benches/mining_quality.py``.
+Defaults (candidate 0.90, threshold 0.985) come from the default world's injected duplicates
+(JPEG re-encodes, 0.8-1.25x resizes, 3-8% crops): with 16-pixel stored thumbnails, 0.985 groups
+all 100 with no false merge, 0.98 lets one false pair through and 0.99 misses 3% of the pairs
+(24-pixel thumbnails are right from 0.985 to 0.99, at 2.25x the disk). ``benches/mining_quality.py`` prints the sweep and
+``benches/dedup_scale.py`` times the same function on 10 million images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -39,8 +47,14 @@ CROP_FRACTIONS = (0.97, 0.95, 0.93, 0.91)
 # MineConfig's dup_candidate_threshold and dup_threshold repeat these two (its module stays free
 # of numpy and pandas, so `hardood mine --help` answers at once)
 DEFAULT_DUP_CANDIDATE_THRESHOLD = 0.90  # thumbnail cosine for a pair to be checked at all
-DEFAULT_DUP_THRESHOLD = 0.98  # aligned similarity at which two images are near duplicates
+DEFAULT_DUP_THRESHOLD = 0.985  # aligned similarity at which two images are near duplicates
 CANDIDATE_K = 16
+# the stored confirmation thumbnail: CONFIRM_SIDE x CONFIRM_SIDE RGB uint8 (see module docstring)
+CONFIRM_EMBEDDER = "confirm16"
+CONFIRM_SIDE = 16
+CONFIRM_DIM = CONFIRM_SIDE * CONFIRM_SIDE * 3
+OFFSET_STEP = 1  # crop offsets tried, in pixels of the ALIGN_SIDE picture
+CONFIRM_BLOCK = 256  # images whose windows are held at once (256 x 100 x 768 float32: 79 MB)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -55,69 +69,122 @@ def thumbnail_descriptor(image: np.ndarray) -> np.ndarray:
     return _unit(np.asarray(small, np.float32).ravel())
 
 
-def _aligned(image: np.ndarray) -> np.ndarray:
-    """(3, 65, 65) integral image of the picture resized to the alignment side."""
-    resized = Image.fromarray(image).resize((ALIGN_SIDE, ALIGN_SIDE), Image.BILINEAR)
-    pixels = np.asarray(resized, np.float64).transpose(2, 0, 1)
-    integral = np.zeros((3, ALIGN_SIDE + 1, ALIGN_SIDE + 1))
-    integral[:, 1:, 1:] = pixels.cumsum(1).cumsum(2)
-    return integral
+def confirmation_thumbnail(image: np.ndarray) -> np.ndarray:
+    """(CONFIRM_DIM,) uint8: the image area-averaged to CONFIRM_SIDE x CONFIRM_SIDE RGB, flattened.
 
-
-def _windows(integral: np.ndarray, side: int) -> np.ndarray:
-    """(n * n, 768) unit vectors: every side x side window (1-pixel steps), area-averaged to 16^2.
-
-    Box sums come from the integral image: one gather for the row bands, one for the columns.
+    Scoring stores it (``CONFIRM_EMBEDDER``), so the confirmation never reads an original file.
     """
-    cells = np.arange(COMPARE_SIDE)
-    lo = cells * side // COMPARE_SIDE
-    hi = -(-(cells + 1) * side // COMPARE_SIDE)  # ceil: bins overlap by a pixel where uneven
-    offsets = np.arange(ALIGN_SIDE - side + 1)
-    y0, y1 = offsets[:, None] + lo, offsets[:, None] + hi  # (n, COMPARE_SIDE)
-    rows = integral[:, y1] - integral[:, y0]  # row bands: (3, n, cell, 65)
-    sums = rows[..., y1] - rows[..., y0]  # then columns: (3, n, cell, n, cell)
-    area = (hi - lo)[:, None, None] * (hi - lo)[None, None, :]
-    means = sums / area
-    n = len(offsets)
-    return _unit(means.transpose(1, 3, 0, 2, 4).reshape(n * n, -1))
+    small = Image.fromarray(image).resize((CONFIRM_SIDE, CONFIRM_SIDE), Image.BILINEAR)
+    return np.asarray(small, np.uint8).reshape(-1)
 
 
-def _base(integral: np.ndarray) -> np.ndarray:
-    return _windows(integral, ALIGN_SIDE)[0]
+def _interpolation(side: int) -> np.ndarray:
+    """(ALIGN_SIDE, side) bilinear upsampling matrix (pixel centres, edges clamped)."""
+    position = (np.arange(ALIGN_SIDE) + 0.5) * side / ALIGN_SIDE - 0.5
+    position = np.clip(position, 0, side - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, side - 1)
+    frac = position - low
+    matrix = np.zeros((ALIGN_SIDE, side))
+    np.add.at(matrix, (np.arange(ALIGN_SIDE), low), 1 - frac)
+    np.add.at(matrix, (np.arange(ALIGN_SIDE), high), frac)
+    return matrix
 
 
-def _views(integral: np.ndarray) -> np.ndarray:
-    """(V, 768) unit vectors: the whole image and every crop the confirmation tries."""
-    sides = [ALIGN_SIDE] + [round(ALIGN_SIDE * f) for f in CROP_FRACTIONS]
-    return np.concatenate([_windows(integral, side) for side in sides])
+@functools.lru_cache(maxsize=4)
+def _window_matrices(side: int) -> tuple[np.ndarray, list[int]]:
+    """All windows' cell-averaging rows stacked: ((R, side) matrix, offsets per window side).
+
+    Rows ``16 o : 16 (o + 1)`` of a window side's block average the 16 cells of the window that
+    starts at offset ``o`` (in ALIGN_SIDE-pixel steps of ``OFFSET_STEP``) of the picture the stored
+    thumbnail is bilinearly upsampled to, so one window is ``M_oy @ thumbnail @ M_ox.T``.
+    """
+    upsample = _interpolation(side)
+    blocks, counts = [], []
+    for window in [ALIGN_SIDE] + [round(ALIGN_SIDE * f) for f in CROP_FRACTIONS]:
+        cells = np.arange(COMPARE_SIDE)
+        lo = cells * window // COMPARE_SIDE
+        hi = -(-(cells + 1) * window // COMPARE_SIDE)  # ceil: bins overlap by a pixel where uneven
+        offsets = range(0, ALIGN_SIDE - window + 1, OFFSET_STEP)
+        averaging = np.zeros((len(offsets), COMPARE_SIDE, ALIGN_SIDE))
+        for k, offset in enumerate(offsets):
+            for c in cells:
+                averaging[k, c, offset + lo[c] : offset + hi[c]] = 1.0 / (hi[c] - lo[c])
+        blocks.append((averaging @ upsample).reshape(-1, side))
+        counts.append(len(offsets))
+    return np.concatenate(blocks).astype(np.float32), counts
+
+
+def _as_images(thumbnails: np.ndarray) -> np.ndarray:
+    """(B, 3, S, S) float32 from (B, S * S * 3) stored thumbnails."""
+    thumbs = np.asarray(thumbnails)
+    side = int(round(np.sqrt(thumbs.shape[1] // 3)))
+    return thumbs.reshape(len(thumbs), side, side, 3).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def thumbnail_views(thumbnails: np.ndarray, whole_only: bool = False) -> np.ndarray:
+    """(B, V, 768) unit vectors: every window of each stored thumbnail (the whole image first).
+
+    Windows are the whole picture and crops of ``CROP_FRACTIONS`` of its side at every offset
+    (``OFFSET_STEP`` pixels of the ALIGN_SIDE-pixel picture), each averaged to COMPARE_SIDE x
+    COMPARE_SIDE RGB, mean-centred and L2-normalised. ``whole_only``: the whole picture alone.
+    Two matrix products for the whole batch: rows of every window, then columns.
+    """
+    images = _as_images(thumbnails)
+    b, _, side, _ = images.shape
+    matrix, counts = _window_matrices(side)
+    if whole_only:
+        matrix, counts = matrix[:COMPARE_SIDE], [1]
+    r = COMPARE_SIDE
+    # rows: (R, S) @ (S, B*3*S) -> (R, B, 3, S)
+    rows = (matrix @ images.transpose(2, 0, 1, 3).reshape(side, -1)).reshape(-1, b, 3, side)
+    parts, start = [], 0
+    for n in counts:
+        block = matrix[start : start + n * r]  # this side's windows, for the columns
+        these = rows[start : start + n * r].reshape(-1, side)
+        # columns: (n*r*B*3, S) @ (S, n*r) -> (n_y, r_y, B, 3, n_x, r_x)
+        cells = (these @ block.T).reshape(n, r, b, 3, n, r)
+        parts.append(cells.transpose(2, 0, 4, 3, 1, 5).reshape(b, n * n, 3 * r * r))
+        start += n * r
+    views = np.concatenate(parts, axis=1)
+    views -= views.mean(axis=-1, keepdims=True)  # in place: the block is the largest array here
+    views /= np.maximum(np.sqrt(np.einsum("bvd,bvd->bv", views, views)), 1e-6)[..., None]
+    return views
 
 
 def aligned_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Best normalised correlation of ``a`` and ``b`` over small crops of either (1.0 = same)."""
-    a, b = _aligned(a), _aligned(b)
-    base_a, base_b = _base(a), _base(b)
-    return float(max((_views(a) @ base_b).max(), (_views(b) @ base_a).max()))
+    """Best normalised correlation of ``a`` and ``b`` over small crops of either (1.0 = same).
+
+    Compares the two images' ``confirmation_thumbnail``, as the queue does.
+    """
+    thumbs = np.stack([confirmation_thumbnail(a), confirmation_thumbnail(b)])
+    views = thumbnail_views(thumbs)
+    return float(max((views[0] @ views[1, 0]).max(), (views[1] @ views[0, 0]).max()))
 
 
 def candidate_pairs(
-    keys: Sequence[str],
+    descriptors: np.ndarray,
     thumbnails: np.ndarray,
-    load_image: Callable[[str], np.ndarray | None],
     candidate_threshold: float = DEFAULT_DUP_CANDIDATE_THRESHOLD,
 ) -> pd.DataFrame:
-    """Pairs (``i < j`` row indices) whose thumbnails are close, with their ``aligned_similarity``.
+    """Pairs (``i < j`` row indices) whose descriptors are close, with their aligned similarity.
 
-    ``load_image`` maps a key to its (H, W, 3) uint8 image or None when it cannot be read (its
-    pairs then score -1). It is called only for images in a candidate pair.
+    Parameters
+    ----------
+    descriptors
+        (N, THUMB_DIM) ``thumbnail_descriptor`` rows (float16 or float32; a memory map is fine).
+    thumbnails
+        (N, CONFIRM_DIM) uint8 ``confirmation_thumbnail`` rows, read only for rows in a pair.
     """
-    pairs = near_pairs(np.asarray(thumbnails, np.float32), candidate_threshold, CANDIDATE_K)
-    found = sorted({(min(s, d), max(s, d)) for s, d in zip(pairs.src, pairs.dst) if s != d})
+    pairs = near_pairs(descriptors, candidate_threshold, CANDIDATE_K)
+    keep = pairs.src != pairs.dst
+    low = np.minimum(pairs.src[keep], pairs.dst[keep]).astype(np.int64)
+    high = np.maximum(pairs.src[keep], pairs.dst[keep]).astype(np.int64)
+    n = max(len(descriptors), 1)
+    found = np.unique(low * n + high)  # each unordered pair once, sorted by (i, j)
+    i, j = found // n, found % n
     return pd.DataFrame(
-        {
-            "i": np.array([i for i, _ in found], np.int64),
-            "j": np.array([j for _, j in found], np.int64),
-            "similarity": _confirm(found, list(keys), load_image),
-        }
+        {"i": i, "j": j, "similarity": confirm_pairs(np.stack([i, j], axis=1), thumbnails)}
     )
 
 
@@ -129,7 +196,7 @@ def groups_from_pairs(
     Returns ``sha256``, ``representative`` (highest ``priority``, ties to the smaller key),
     ``group_size`` and ``dup_score`` (best confirmed similarity to another member; NaN alone).
     """
-    keys = list(keys)
+    keys = np.asarray(list(keys), dtype=object)
     n = len(keys)
     linked = pairs[pairs["similarity"] >= threshold]
     labels = connected_components(n, linked["i"].to_numpy(), linked["j"].to_numpy())
@@ -139,14 +206,21 @@ def groups_from_pairs(
     if len(ends):
         best_by_end = pd.Series(sims).groupby(ends).max()
         best[best_by_end.index.to_numpy()] = best_by_end.to_numpy()
-    frame = pd.DataFrame({"sha256": keys, "label": labels, "priority": np.asarray(priority, float)})
-    ordered = frame.sort_values(["label", "priority", "sha256"], ascending=[True, False, True])
-    representative = ordered.groupby("label")["sha256"].first()
+    sizes = np.bincount(labels, minlength=n)
+    representative = keys.copy()  # a singleton represents itself
+    grouped = np.nonzero(sizes[labels] > 1)[0]  # usually a small share: sort only those
+    if len(grouped):
+        frame = pd.DataFrame({"row": grouped, "label": labels[grouped],
+                              "priority": np.asarray(priority, float)[grouped],
+                              "sha256": keys[grouped]})  # fmt: skip
+        ordered = frame.sort_values(["label", "priority", "sha256"], ascending=[True, False, True])
+        first = ordered.groupby("label")["row"].first()
+        representative[grouped] = keys[first.loc[labels[grouped]].to_numpy()]
     return pd.DataFrame(
         {
             "sha256": keys,
-            "representative": representative.loc[labels].to_numpy(),
-            "group_size": np.bincount(labels, minlength=n)[labels],
+            "representative": representative,
+            "group_size": sizes[labels],
             "dup_score": best,
         }
     )
@@ -154,56 +228,75 @@ def groups_from_pairs(
 
 def group_near_duplicates(
     keys: Sequence[str],
+    descriptors: np.ndarray,
     thumbnails: np.ndarray,
-    load_image: Callable[[str], np.ndarray | None],
     priority: Sequence[float] | np.ndarray,
     threshold: float = DEFAULT_DUP_THRESHOLD,
     candidate_threshold: float = DEFAULT_DUP_CANDIDATE_THRESHOLD,
 ) -> pd.DataFrame:
     """Group near-duplicate images (``candidate_pairs`` then ``groups_from_pairs``).
 
+    This is what ``build_queue`` runs: both inputs are what scoring stored, read from the store's
+    memory-mapped files, so nothing here opens an original image.
+
     Parameters
     ----------
     keys
-        Image keys (sha256), one per row of ``thumbnails``.
+        Image keys (sha256), one per row.
+    descriptors
+        (N, THUMB_DIM) ``thumbnail_descriptor`` rows.
     thumbnails
-        (N, 108) ``thumbnail_descriptor`` rows.
-    load_image
-        key -> (H, W, 3) uint8 image, or None when it cannot be read (it then joins no group).
+        (N, CONFIRM_DIM) uint8 ``confirmation_thumbnail`` rows.
     priority
         Higher wins the representative (``hardness_score``).
 
     Examples
     --------
-    >>> groups = group_near_duplicates(shas, thumbs, lambda k: read_image(paths[k]), hardness)
+    >>> groups = group_near_duplicates(shas, descriptors, thumbnails, hardness)
     >>> groups[groups.group_size > 1].groupby("representative").size()  # doctest: +SKIP
     """
-    pairs = candidate_pairs(keys, thumbnails, load_image, candidate_threshold)
+    pairs = candidate_pairs(descriptors, thumbnails, candidate_threshold)
     return groups_from_pairs(keys, priority, pairs, threshold)
 
 
-def _confirm(candidates: list[tuple[int, int]], keys, load_image) -> np.ndarray:
-    """Aligned similarity of each candidate pair; each image's crops are built once per side."""
-    if not candidates:
-        return np.zeros(0)
-    involved = sorted({i for pair in candidates for i in pair})
-    aligned: dict[int, np.ndarray | None] = {}
-    for i in progress(involved, desc="near-duplicate check: reading", unit="img"):
-        image = load_image(keys[i])
-        aligned[i] = None if image is None else _aligned(image)
-    base = {i: _base(im) for i, im in aligned.items() if im is not None}
-    scores = np.full(len(candidates), -1.0)
-    partners: dict[int, list[tuple[int, int]]] = {}
-    for index, (i, j) in enumerate(candidates):
-        partners.setdefault(i, []).append((index, j))
-        partners.setdefault(j, []).append((index, i))
-    for i in progress(sorted(partners), desc="near-duplicate check", unit="img"):
-        if aligned[i] is None:
-            continue
-        others = [(index, j) for index, j in partners[i] if aligned[j] is not None]
-        if not others:
-            continue
-        sims = _views(aligned[i]) @ np.stack([base[j] for _, j in others]).T
-        for (index, _), value in zip(others, sims.max(axis=0)):
-            scores[index] = max(scores[index], float(value))
+def confirm_pairs(pairs: np.ndarray, thumbnails: np.ndarray) -> np.ndarray:
+    """Aligned similarity of each (i, j) row pair: the best of i's windows against j's whole
+    picture and j's windows against i's.
+
+    Images are taken in blocks of ``CONFIRM_BLOCK`` rows; each image's windows are built once, and
+    only the whole-picture window of its partners, so the work grows with the images in pairs and
+    the memory stays one block's.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    scores = np.full(len(pairs), -1.0)
+    if not len(pairs):
+        return scores
+    ends = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    partners = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    edge = np.concatenate([np.arange(len(pairs))] * 2)
+    order = np.argsort(ends, kind="stable")
+    ends, partners, edge = ends[order], partners[order], edge[order]
+    images = np.unique(ends)
+    bounds = np.append(np.searchsorted(ends, images), len(ends))
+
+    def block_scores(start: int) -> tuple[np.ndarray, np.ndarray]:
+        block = images[start : start + CONFIRM_BLOCK]
+        lo, hi = bounds[start], bounds[min(start + CONFIRM_BLOCK, len(images))]
+        views = thumbnail_views(thumbnails[block])
+        needed, where = np.unique(partners[lo:hi], return_inverse=True)
+        whole = thumbnail_views(thumbnails[needed], whole_only=True)[:, 0]
+        best = np.empty(hi - lo)
+        for k in range(len(block)):
+            a, z = bounds[start + k] - lo, bounds[start + k + 1] - lo
+            best[a:z] = (views[k] @ whole[where[a:z]].T).max(axis=0)
+        return edge[lo:hi], best
+
+    bar = progress(total=len(images), desc="near-duplicate check", unit="img")
+    # numpy releases the GIL in the products, so blocks run side by side on every core
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        starts = range(0, len(images), CONFIRM_BLOCK)
+        for start, (edges, best) in zip(starts, pool.map(block_scores, starts)):
+            np.maximum.at(scores, edges, best)
+            bar.update(min(CONFIRM_BLOCK, len(images) - start))
+    bar.close()
     return scores

@@ -79,7 +79,7 @@ def _probe_cells(vectors: np.ndarray, n_probe: int, seed: int) -> np.ndarray:
     kmeans.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(kmeans.centroids)
-    cells = np.empty((n, n_probe), dtype=np.int64)
+    cells = np.empty((n, n_probe), dtype=np.int32)  # int32: 10M rows x 8 probes in 320 MB
     for start in progress(range(0, n, _ASSIGN_CHUNK), desc="assigning cells", unit="chunk"):
         chunk = np.ascontiguousarray(vectors[start : start + _ASSIGN_CHUNK], dtype=np.float32)
         cells[start : start + len(chunk)] = quantizer.search(chunk, n_probe)[1]
@@ -130,15 +130,16 @@ def near_pairs(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     n = len(vectors)
-    cells = np.zeros((n, 1), np.int64) if n <= exact_limit else _probe_cells(vectors, n_probe, seed)
+    cells = np.zeros((n, 1), np.int32) if n <= exact_limit else _probe_cells(vectors, n_probe, seed)
     n_cells = int(cells.max()) + 1 if n else 0
     own = cells[:, 0]
     members_by_cell = np.argsort(own, kind="stable")
-    member_bounds = np.searchsorted(own[members_by_cell], np.arange(n_cells + 1))
+    member_bounds = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=n_cells))])
     probes = cells.ravel()
     queries_by_cell = np.argsort(probes, kind="stable")
-    query_bounds = np.searchsorted(probes[queries_by_cell], np.arange(n_cells + 1))
+    query_bounds = np.concatenate([[0], np.cumsum(np.bincount(probes, minlength=n_cells))])
     queries_by_cell //= cells.shape[1]  # flat position -> row
+    queries_by_cell = queries_by_cell.astype(np.int32 if n < 2**31 else np.int64)
     slot = np.empty(n, np.int64)  # position of each row among its own cell's members
     slot[members_by_cell] = np.arange(n) - member_bounds[own[members_by_cell]]
     nearest = np.full(n, -np.inf, np.float32)

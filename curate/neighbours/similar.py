@@ -20,6 +20,7 @@ import pandas as pd
 
 from curate import store
 from curate.mine_config import DEFAULT_EMBEDDER
+from curate.neighbours.approximate_index import APPROXIMATE_FROM, nearest_rows
 from curate.neighbours.near_pairs import unit_rows
 from curate.neighbours.vector_index import EmbeddingFile, build_index
 from wood_train.errors import ConfigError, DataError, MissingInputError
@@ -231,22 +232,54 @@ def find_similar(
         raise ConfigError(f"k must be at least 1, got {k}")
     with store.transaction(conn):  # one snapshot: vectors and details agree
         sha = resolve_image(conn, str(like))
-        keys, vectors, name = _load_vectors(conn, embedder)
-        position = {key: i for i, key in enumerate(keys)}.get(sha)
-        if position is None:
-            raise DataError(
-                f"image {sha[:12]} has no {name!r} embedding (not scored yet, or a bad image); "
-                "run `hardood mine` first"
-            )
-        index = build_index(vectors)
-        query = np.ascontiguousarray(vectors[position : position + 1], dtype=np.float32)
-        sims, rows = index.search(query, min(k + 1, len(keys)))
-        found = [(r, s) for r, s in zip(rows[0], sims[0]) if r >= 0 and r != position][:k]
-        neighbours = [keys[r] for r, _ in found]
-        details = image_details(conn, neighbours)
+        name = resolve_embedder(conn, embedder)
+        if EmbeddingFile.open(conn, name).n_rows > APPROXIMATE_FROM:
+            found = _approximate_neighbours(conn, name, sha, k)
+        else:
+            found = _exact_neighbours(conn, name, sha, k)
+        details = image_details(conn, [key for key, _ in found])
     details.insert(0, "rank", np.arange(1, len(found) + 1))
-    details.insert(3, "similarity", [float(s) for _, s in found])
+    details.insert(3, "similarity", [s for _, s in found])
     return details
+
+
+def _no_embedding(sha: str, name: str) -> DataError:
+    return DataError(
+        f"image {sha[:12]} has no {name!r} embedding (not scored yet, or a bad image); "
+        "run `hardood mine` first"
+    )
+
+
+def _exact_neighbours(conn, name: str, sha: str, k: int) -> list[tuple[str, float]]:
+    keys, vectors, _ = _load_vectors(conn, name)
+    position = {key: i for i, key in enumerate(keys)}.get(sha)
+    if position is None:
+        raise _no_embedding(sha, name)
+    index = build_index(vectors)
+    query = np.ascontiguousarray(vectors[position : position + 1], dtype=np.float32)
+    sims, rows = index.search(query, min(k + 1, len(keys)))
+    found = [(r, s) for r, s in zip(rows[0], sims[0]) if r >= 0 and r != position][:k]
+    return [(keys[r], float(s)) for r, s in found]
+
+
+def _approximate_neighbours(conn, name: str, sha: str, k: int) -> list[tuple[str, float]]:
+    """Beyond ``APPROXIMATE_FROM`` vectors: the saved IVF-PQ index, re-ranked exactly."""
+    row = conn.execute(
+        "SELECT row FROM embeddings WHERE sha256 = ? AND embedder = ?", (sha, name)
+    ).fetchone()
+    if row is None:
+        raise _no_embedding(sha, name)
+    found = nearest_rows(conn, name, int(row["row"]), 2 * k)  # room for unreferenced rows
+    rows = [r for r, _ in found]
+    key_of = {
+        int(r["row"]): r["sha256"]
+        for r in _in_chunks(
+            conn,
+            f"SELECT row, sha256 FROM embeddings WHERE embedder = '{name}' AND row IN ({{marks}})",
+            rows,
+        )
+    }
+    return [(key_of[r], s) for r, s in found if r in key_of][:k]
 
 
 def _open_candidates(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:

@@ -1,9 +1,10 @@
 """Embedding vectors on disk and the faiss index that searches them.
 
 A store is its SQLite file plus a folder beside it: vectors of one embedder live in an append-only
-float32 file ``<db stem>.embeddings/<embedder>.f32`` (row-major, ``dim`` floats a row), with
-``<embedder>.json`` recording ``dim``. The ``embeddings`` table maps each image's sha256 to its
-row. Rows are written and flushed to the file before the table rows that point at them are
+file ``<db stem>.embeddings/<embedder>.f32`` (row-major, ``dim`` values a row; ``.f16`` for float16
+and ``.u8`` for uint8 rows such as the stored thumbnails), with ``<embedder>.json`` recording
+``dim`` and ``dtype``. The ``embeddings`` table maps each image's sha256 to its row. Reads are
+memory maps, so ten million rows never have to fit in RAM. Rows are written and flushed to the file before the table rows that point at them are
 inserted, so an interrupted run can leave unreferenced rows at the end of the file, never table
 rows pointing past it. A store copied without its folder has table rows and no vectors:
 ``forget_missing_vectors`` drops those rows, so the next ``hardood mine`` re-embeds the images.
@@ -35,6 +36,8 @@ IVF_LISTS_PER_SQRT_N = 4
 IVF_TRAIN_POINTS_PER_LIST = 39
 IVF_NPROBE = 32
 ADD_CHUNK = 65_536
+# stored dtype -> file suffix; float32 is the default and the only one older stores hold
+DTYPE_SUFFIX = {"float32": ".f32", "float16": ".f16", "uint8": ".u8"}
 _EMBEDDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SQL_CHUNK = 500  # stay below SQLite's bound-parameter limit
 
@@ -61,6 +64,9 @@ class EmbeddingFile:
         Name of the embedder (``"classifier"``, ``"clip"``, ...); also the file name.
     dim
         Vector dimension; must match the dimension recorded when the file was created.
+    dtype
+        ``"float32"`` (default), ``"float16"`` (half the disk; read back as float32) or
+        ``"uint8"`` (thumbnails); must match the dtype recorded when the file was created.
 
     Examples
     --------
@@ -70,7 +76,7 @@ class EmbeddingFile:
     ...         vectors.append(sha256s, z)
     """
 
-    def __init__(self, conn: sqlite3.Connection, embedder: str, dim: int):
+    def __init__(self, conn: sqlite3.Connection, embedder: str, dim: int, dtype: str = "float32"):
         if not _EMBEDDER_NAME.match(embedder):
             raise ConfigError(
                 f"embedder name {embedder!r} must be letters, digits, '_', '-' or '.' "
@@ -78,18 +84,29 @@ class EmbeddingFile:
             )
         if int(dim) < 1:
             raise ValueError(f"embedding dimension must be positive, got {dim}")
+        if dtype not in DTYPE_SUFFIX:
+            raise ValueError(
+                f"embedding dtype must be one of {sorted(DTYPE_SUFFIX)}, got {dtype!r}"
+            )
         self.conn = conn
         self.embedder = embedder
         self.dim = int(dim)
+        self.dtype = dtype
         folder = store.embeddings_dir(conn)
-        self.path = folder / f"{embedder}.f32"
+        self.path = folder / f"{embedder}{DTYPE_SUFFIX[dtype]}"
         self.meta_path = folder / f"{embedder}.json"
         if self.meta_path.is_file():
-            recorded = int(json.loads(self.meta_path.read_text())["dim"])
+            meta = json.loads(self.meta_path.read_text())
+            recorded = int(meta["dim"])
             if recorded != self.dim:
                 raise DataError(
                     f"{self.meta_path}: embeddings of {embedder!r} have dimension {recorded}, "
                     f"not {self.dim}; use another embedder name for the new model"
+                )
+            if meta.get("dtype", "float32") != dtype:
+                raise DataError(
+                    f"{self.meta_path}: embeddings of {embedder!r} are stored as "
+                    f"{meta.get('dtype', 'float32')}, not {dtype}"
                 )
 
     @classmethod
@@ -104,11 +121,26 @@ class EmbeddingFile:
                 f"no {embedder!r} embeddings in {folder} ({meta_path.name} is missing); "
                 "run `hardood mine` first"
             )
-        return cls(conn, embedder, int(json.loads(meta_path.read_text())["dim"]))
+        meta = json.loads(meta_path.read_text())
+        return cls(conn, embedder, int(meta["dim"]), meta.get("dtype", "float32"))
+
+    @classmethod
+    def for_writing(
+        cls, conn: sqlite3.Connection, embedder: str, dim: int, dtype: str = "float32"
+    ) -> EmbeddingFile:
+        """The file to append to: ``dtype`` for a new embedder, the recorded dtype for an old one."""
+        meta_path = store.embeddings_dir(conn) / f"{embedder}.json"
+        if meta_path.is_file():
+            dtype = json.loads(meta_path.read_text()).get("dtype", "float32")
+        return cls(conn, embedder, dim, dtype)
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype).newbyteorder("<")
 
     @property
     def row_bytes(self) -> int:
-        return 4 * self.dim
+        return self.numpy_dtype.itemsize * self.dim
 
     @property
     def n_rows(self) -> int:
@@ -122,7 +154,7 @@ class EmbeddingFile:
         connection (committed with the caller's transaction). A sha256 already recorded is
         skipped.
         """
-        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors)
         keys = list(sha256_list)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(
@@ -148,7 +180,7 @@ class EmbeddingFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.meta_path.is_file():
             tmp = self.meta_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"dim": self.dim, "dtype": "float32", "order": "C"}))
+            tmp.write_text(json.dumps({"dim": self.dim, "dtype": self.dtype, "order": "C"}))
             tmp.replace(self.meta_path)
         with open(self.path, "ab") as f:
             # one writer at a time; the lock also dies with a killed process
@@ -158,7 +190,7 @@ class EmbeddingFile:
                 if size % self.row_bytes:  # a row half-written by an interrupted run
                     size -= size % self.row_bytes
                     os.ftruncate(f.fileno(), size)
-                f.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+                f.write(np.ascontiguousarray(block, dtype=self.numpy_dtype).tobytes())
                 f.flush()
                 os.fsync(f.fileno())
             finally:
@@ -180,8 +212,12 @@ class EmbeddingFile:
     def _memmap(self) -> np.ndarray:
         n = self.n_rows
         if n == 0:
-            return np.zeros((0, self.dim), np.float32)
-        return np.memmap(self.path, dtype="<f4", mode="r", shape=(n, self.dim))
+            return np.zeros((0, self.dim), self.numpy_dtype)
+        return np.memmap(self.path, dtype=self.numpy_dtype, mode="r", shape=(n, self.dim))
+
+    @property
+    def _read_dtype(self):
+        return np.uint8 if self.dtype == "uint8" else np.float32
 
     def _check_rows(self, rows: np.ndarray, n_file: int) -> None:
         if not len(rows) or int(rows.max()) < n_file:
@@ -195,8 +231,8 @@ class EmbeddingFile:
             "same checkpoint to re-embed the images"
         )
 
-    def load(self, sha256_list: Sequence[str]) -> np.ndarray:
-        """The (N, dim) vectors of the given images, in that order (a copy)."""
+    def rows(self, sha256_list: Sequence[str]) -> np.ndarray:
+        """The file rows of the given images, in that order (an error names a missing one)."""
         keys = list(sha256_list)
         rows_of = self._rows_of(keys)
         missing = [k for k in keys if k not in rows_of]
@@ -206,10 +242,22 @@ class EmbeddingFile:
                 f"{store.db_path(self.conn)} (first: {missing[0]}); run `hardood mine` on them "
                 "first"
             )
-        rows = np.array([rows_of[k] for k in keys], dtype=np.int64)
+        rows = np.fromiter((rows_of[k] for k in keys), dtype=np.int64, count=len(keys))
+        self._check_rows(rows, self.n_rows)
+        return rows
+
+    def load(self, sha256_list: Sequence[str]) -> np.ndarray:
+        """The (N, dim) vectors of the given images, in that order (a copy in RAM).
+
+        Float rows come back as float32, thumbnails as uint8. For millions of rows use ``view``.
+        """
+        rows = self.rows(sha256_list)
         data = self._memmap()
-        self._check_rows(rows, len(data))
-        return np.array(data[rows], dtype=np.float32) if len(rows) else data[:0].copy()
+        return np.array(data[rows], dtype=self._read_dtype)
+
+    def view(self, sha256_list: Sequence[str]) -> RowView:
+        """The (N, dim) rows of the given images, in that order, read from disk on demand."""
+        return RowView(self._memmap(), self.rows(sha256_list))
 
     def load_all(self) -> tuple[list[str], np.ndarray]:
         """Every recorded image and its vector, in file order.
@@ -226,7 +274,43 @@ class EmbeddingFile:
         self._check_rows(rows, len(data))
         if np.array_equal(rows, np.arange(len(rows))):
             return keys, data[: len(rows)]
-        return keys, np.array(data[rows], dtype=np.float32)
+        return keys, RowView(data, rows)
+
+
+class RowView:
+    """Rows ``rows`` of a memory-mapped matrix, indexed like an array and read on demand.
+
+    ``view[i]``, ``view[a:b]`` and ``view[index_array]`` return float32 (or uint8) copies of those
+    rows only, so a subset of ten million stored vectors costs its row indices, not its vectors.
+    """
+
+    def __init__(self, data: np.ndarray, rows: np.ndarray):
+        self.data = data
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.dtype = np.dtype(np.uint8 if data.dtype == np.uint8 else np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), self.data.shape[1])
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> np.ndarray:
+        wanted = self.rows[index]
+        if np.ndim(wanted) == 0:
+            return np.asarray(self.data[int(wanted)], dtype=self.dtype)
+        order = np.argsort(wanted, kind="stable")  # read the file forwards
+        out = np.empty((len(wanted), self.data.shape[1]), dtype=self.dtype)
+        out[order] = self.data[wanted[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
 
 
 def forget_missing_vectors(conn: sqlite3.Connection) -> dict[str, int]:
@@ -243,8 +327,10 @@ def forget_missing_vectors(conn: sqlite3.Connection) -> dict[str, int]:
             meta_path = folder / f"{embedder}.json"
             n_rows = 0
             if meta_path.is_file():
-                row_bytes = 4 * int(json.loads(meta_path.read_text())["dim"])
-                vectors = folder / f"{embedder}.f32"
+                meta = json.loads(meta_path.read_text())
+                dtype = meta.get("dtype", "float32")
+                row_bytes = np.dtype(dtype).itemsize * int(meta["dim"])
+                vectors = folder / f"{embedder}{DTYPE_SUFFIX[dtype]}"
                 n_rows = vectors.stat().st_size // row_bytes if vectors.is_file() else 0
             gone = conn.execute(
                 "DELETE FROM embeddings WHERE embedder = ? AND row >= ?", (embedder, n_rows)

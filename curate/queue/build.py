@@ -18,14 +18,13 @@ import pandas as pd
 
 from curate import store
 from curate.neighbours.near_duplicates import (
+    CONFIRM_EMBEDDER,
     DEFAULT_DUP_CANDIDATE_THRESHOLD,
     DEFAULT_DUP_THRESHOLD,
-    THUMB_DIM,
     THUMB_EMBEDDER,
     group_near_duplicates,
 )
 from curate.queue.ranking import order_candidates, reason_text
-from wood_train.data.imageio import ImageDecodeError, read_image
 
 SHA256_SHOWN = 12  # hex digits of the sha256 a terminal table shows (unique in any real pool)
 
@@ -84,15 +83,6 @@ def first_paths(conn: sqlite3.Connection, shas: list[str]) -> dict[str, Path]:
     }
 
 
-def _read_or_none(path: Path | None) -> np.ndarray | None:
-    if path is None:
-        return None
-    try:
-        return read_image(path)
-    except ImageDecodeError:  # gone or replaced since scoring: it simply joins no group
-        return None
-
-
 def reviewed_images(conn: sqlite3.Connection) -> dict[str, str]:
     """sha256 -> latest verdict, over verdicts not undone."""
     rows = conn.execute(
@@ -137,20 +127,21 @@ def build_queue(
     from curate.neighbours.diversity import cluster_within_classes
     from curate.neighbours.vector_index import EmbeddingFile
 
-    with store.transaction(conn):  # one snapshot of the scores, vectors and paths
+    with store.transaction(conn):  # one snapshot of the scores and of the rows of each vector
         class_names = store.get_classes(conn) or []
         candidates = load_candidates(conn, checkpoint_sha256)
         shas = list(candidates["sha256"])
         vectors = np.zeros((0, embedding_dim), np.float32)
         if shas:
-            vectors = EmbeddingFile(conn, embedder, embedding_dim).load(shas)
-            thumbnails = EmbeddingFile(conn, THUMB_EMBEDDER, THUMB_DIM).load(shas)
-            paths = first_paths(conn, shas)
+            # row views of the memory-mapped files: only the rows used below are ever read
+            vectors = EmbeddingFile(conn, embedder, embedding_dim).view(shas)
+            descriptors = EmbeddingFile.open(conn, THUMB_EMBEDDER).view(shas)
+            thumbnails = EmbeddingFile.open(conn, CONFIRM_EMBEDDER).view(shas)
     if shas:
         groups = group_near_duplicates(
             shas,
+            descriptors,
             thumbnails,
-            lambda sha: _read_or_none(paths.get(sha)),
             candidates["hardness_score"].to_numpy(),
             settings.dup_threshold,
             settings.dup_candidate_threshold,

@@ -28,7 +28,7 @@ from curate.ingest.image_files import (
     locate_in_root,
     read_pool_file,
 )
-from curate.neighbours.near_duplicates import thumbnail_descriptor
+from curate.neighbours.near_duplicates import confirmation_thumbnail, thumbnail_descriptor
 from wood_train.data.imageio import ImageDecodeError, decode_image
 from wood_train.data.transforms import normalize_image, resize_long_side
 
@@ -85,6 +85,14 @@ def load_for_scoring(
     except RefusedFile as refused:
         detail = f"{shown}: {refused.detail}" if refused.detail else shown
         return {"sha256": sha256, "skip": refused.reason, "detail": detail}
+    return decode_for_scoring(sha256, shown, data, image_size, clip)
+
+
+def decode_for_scoring(
+    sha256: str, shown: str, data: bytes, image_size: int, clip: bool
+) -> dict[str, Any]:
+    """``load_for_scoring`` on bytes already read (the Ray engine reads them via pyarrow);
+    ``shown`` is the path that messages name."""
     if hashlib.sha256(data).hexdigest() != sha256:
         # the file was replaced after ingest: its new content is not this image; re-ingest
         return {"sha256": sha256, "skip": "changed_on_disk", "detail": shown}
@@ -103,6 +111,7 @@ def load_for_scoring(
         "valid": (valid_h, valid_w),
         "size": (width, height),
         "thumb": thumbnail_descriptor(image),
+        "confirm": confirmation_thumbnail(image),
     }
     if clip:
         small = (
@@ -164,6 +173,7 @@ def collate_scoring(items: list[dict[str, Any]]) -> dict[str, Any]:
         "x": torch.stack([i["tensor"] for i in good]) if good else None,
         "valid": [i["valid"] for i in good],
         "thumbs": np.stack([i["thumb"] for i in good]) if good else None,
+        "confirms": np.stack([i["confirm"] for i in good]) if good else None,
         "size": [i["size"] for i in good],
         "clip_images": [i["clip_image"] for i in good if "clip_image" in i],
         "bad": [(i["sha256"], i["bad"], i["detail"]) for i in items if "bad" in i],

@@ -37,8 +37,9 @@ from torch.utils.data import DataLoader
 
 from curate import store
 from curate.ingest.image_files import DEFAULT_MAX_FILE_MB
-from curate.neighbours.near_duplicates import THUMB_DIM, THUMB_EMBEDDER
+from curate.neighbours.near_duplicates import CONFIRM_EMBEDDER, THUMB_EMBEDDER
 from curate.score.pending import PendingImages, collate_scoring, count_pending
+from curate.score.scored_batch import ScoredBatch, ScoreTarget, write_scored
 from wood_train.device import autocast, pin_memory
 from wood_train.errors import ConfigError
 from wood_train.model.finite import check_finite_outputs
@@ -131,6 +132,18 @@ class ScoreReport:
     counts: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
+    def add(self, n: int, bad: list, skipped: list) -> None:
+        """Count a batch of ``n`` images, of which ``bad`` and ``skipped`` (sha, reason, detail)."""
+        self.counts["scored"] += n - len(bad) - len(skipped)
+        for _, reason, detail in bad:
+            self.counts[f"bad:{reason}"] += 1
+            if len(self.problems) < 10:
+                self.problems.append(detail)
+        for _, reason, detail in skipped:
+            self.counts[f"skipped:{reason}"] += 1
+            if len(self.problems) < 10:
+                self.problems.append(f"{detail} ({reason.replace('_', ' ')})")
+
     def summary(self) -> str:
         bad = sum(v for k, v in self.counts.items() if k.startswith("bad:"))
         skipped = sum(v for k, v in self.counts.items() if k.startswith("skipped:"))
@@ -158,8 +171,12 @@ class Scorer:
 
     @property
     def embedders(self) -> tuple[str, ...]:
-        names = (self.classifier_embedder, THUMB_EMBEDDER)
+        names = (self.classifier_embedder, THUMB_EMBEDDER, CONFIRM_EMBEDDER)
         return names + ((self.clip_embedder,) if self.clip is not None else ())
+
+    @property
+    def target(self) -> ScoreTarget:
+        return ScoreTarget(self.checkpoint_sha256, self.classifier_embedder, self.clip_embedder)
 
 
 def score_pool(
@@ -185,19 +202,11 @@ def score_pool(
     >>> with store.connect("curation.db") as conn:  # doctest: +SKIP
     ...     score_pool(conn, scorer, run_id=1).counts["scored"]
     """
-    from curate.neighbours.vector_index import EmbeddingFile
-
     hardness_from(np.zeros(1), np.zeros(1), hardness, 1)  # reject an unknown mode before work
     report = ScoreReport()
     total = count_pending(conn, scorer.checkpoint_sha256, scorer.embedders)
     if total == 0:
         return report
-    files = {
-        scorer.classifier_embedder: EmbeddingFile(
-            conn, scorer.classifier_embedder, scorer.model.feature_dim
-        ),
-        THUMB_EMBEDDER: EmbeddingFile(conn, THUMB_EMBEDDER, THUMB_DIM),
-    }
     # the workers read pending pages through their own connections (one per process)
     dataset = PendingImages(store.db_path(conn), scorer.checkpoint_sha256, scorer.embedders,
                             scorer.image_size, clip=scorer.clip is not None,
@@ -209,88 +218,49 @@ def score_pool(
         collate_fn=collate_scoring,
         pin_memory=pin_memory(scorer.device),
     )
+    files: dict = {}
     bar = progress(total=total, desc="score", unit="img")
     for batch in loader:
-        result = None
-        if batch["x"] is not None:
-            with torch.inference_mode(), autocast(scorer.device, amp):
-                x = batch["x"].to(scorer.device, non_blocking=True)
-                result = score_batch(scorer.model, x, batch["valid"], heatmap_size)
-            check_finite_outputs(result, f"checkpoint {scorer.checkpoint_sha256[:12]}")
-            result["hardness_score"] = hardness_from(
-                result["top_score"], result["energy_score"], hardness, len(scorer.class_names)
-            )
-            if scorer.clip is not None:
-                vectors = np.asarray(scorer.clip.embed(batch["clip_images"]), dtype=np.float32)
-                result["clip_embedding"] = vectors
-                result["clip_fg_score"] = np.asarray(
-                    scorer.clip.foreground_probability(vectors, scorer.class_names)
-                )
-                if scorer.clip_embedder not in files:
-                    files[scorer.clip_embedder] = EmbeddingFile(
-                        conn, scorer.clip_embedder, vectors.shape[1]
-                    )
-        _write_batch(conn, scorer, run_id, batch, result, heatmap_size, files)
-        _count(report, batch)
+        scored = score_loaded(scorer, batch, hardness, heatmap_size, amp)
+        write_scored(conn, scorer.target, run_id, scored, files)
+        report.add(batch["n"], batch["bad"], batch["skipped"])
         bar.update(batch["n"])
     bar.close()
     return report
 
 
-def _count(report: ScoreReport, batch: dict) -> None:
-    report.counts["scored"] += len(batch["sha256"])
-    for _, reason, detail in batch["bad"]:
-        report.counts[f"bad:{reason}"] += 1
-        if len(report.problems) < 10:
-            report.problems.append(detail)
-    for _, reason, detail in batch["skipped"]:
-        report.counts[f"skipped:{reason}"] += 1
-        if len(report.problems) < 10:
-            report.problems.append(f"{detail} ({reason.replace('_', ' ')})")
-
-
-def _write_batch(conn, scorer: Scorer, run_id, batch, result, heatmap_size, files) -> None:
-    with store.transaction(conn, immediate=True):
-        conn.executemany(
-            "UPDATE images SET status = 'bad', bad_reason = ? WHERE sha256 = ?",
-            [(reason, sha) for sha, reason, _ in batch["bad"]],
-        )
-        if result is None:
-            return
-        shas = batch["sha256"]
-        conn.executemany(
-            "UPDATE images SET width = ?, height = ? WHERE sha256 = ?",
-            [(w, h, sha) for sha, (w, h) in zip(shas, batch["size"])],
-        )
-        clip_fg = result.get("clip_fg_score")
-        conn.executemany(
-            "INSERT INTO scores(sha256, checkpoint_sha256, run_id, probs, top_class, top_score, "
-            "hardness_score, energy_score, clip_fg_score, heatmap, heatmap_size) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(sha256, checkpoint_sha256) DO UPDATE SET "
-            "clip_fg_score = COALESCE(excluded.clip_fg_score, scores.clip_fg_score)",
-            [
-                (
-                    sha,
-                    scorer.checkpoint_sha256,
-                    run_id,
-                    store.encode_probs(result["probs"][b]),
-                    int(result["top_class"][b]),
-                    float(result["top_score"][b]),
-                    float(result["hardness_score"][b]),
-                    float(result["energy_score"][b]),
-                    None if clip_fg is None else float(clip_fg[b]),
-                    store.encode_heatmap(result["heatmap"][b]),
-                    heatmap_size,
-                )
-                for b, sha in enumerate(shas)
-            ],
-        )
-        vectors = {scorer.classifier_embedder: result["embedding"], THUMB_EMBEDDER: batch["thumbs"]}
-        if "clip_embedding" in result:
-            vectors[scorer.clip_embedder] = result["clip_embedding"]
-        for name, matrix in vectors.items():
-            files[name].append(shas, matrix)  # skips images it already holds
+def score_loaded(
+    scorer: Scorer, batch: dict, hardness: str, heatmap_size: int, amp: bool = True
+) -> ScoredBatch:
+    """The forward (and CLIP) over one collated batch of decoded images (``collate_scoring``)."""
+    if batch["x"] is None:
+        return ScoredBatch.only_bad(batch["bad"], len(scorer.class_names))
+    with torch.inference_mode(), autocast(scorer.device, amp):
+        x = batch["x"].to(scorer.device, non_blocking=True)
+        result = score_batch(scorer.model, x, batch["valid"], heatmap_size)
+    check_finite_outputs(result, f"checkpoint {scorer.checkpoint_sha256[:12]}")
+    clip_embedding = clip_fg = None
+    if scorer.clip is not None:
+        clip_embedding = np.asarray(scorer.clip.embed(batch["clip_images"]), dtype=np.float32)
+        clip_fg = np.asarray(scorer.clip.foreground_probability(clip_embedding, scorer.class_names))
+    return ScoredBatch(
+        sha256=list(batch["sha256"]),
+        size=list(batch["size"]),
+        probs=result["probs"],
+        top_class=result["top_class"],
+        top_score=result["top_score"],
+        hardness_score=hardness_from(
+            result["top_score"], result["energy_score"], hardness, len(scorer.class_names)
+        ),  # fmt: skip
+        energy_score=result["energy_score"],
+        heatmap=result["heatmap"],
+        embedding=result["embedding"],
+        descriptor=batch["thumbs"],
+        thumbnail=batch["confirms"],
+        clip_embedding=clip_embedding,
+        clip_fg_score=clip_fg,
+        bad=list(batch["bad"]),
+    )
 
 
 def rescore_hardness(

@@ -28,7 +28,7 @@ from curate import mine as mine_module
 from curate import store
 from curate.mine import mine
 from curate.mine_config import PRESETS, MineConfig
-from curate.neighbours.near_duplicates import THUMB_EMBEDDER
+from curate.neighbours.near_duplicates import CONFIRM_EMBEDDER, THUMB_EMBEDDER
 from curate.queue.build import queue_frame
 from curate.score.scoring import classifier_embedder_name
 from wood_train import config as cfg
@@ -359,7 +359,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path, checkpoint)
     assert _counts(db, "SELECT COUNT(*) FROM scores") == n_images
     assert _counts(db, "SELECT COUNT(DISTINCT sha256) FROM scores") == n_images
     embedder = classifier_embedder_name(_ck_sha(checkpoint))
-    for name in (embedder, THUMB_EMBEDDER):
+    for name in (embedder, THUMB_EMBEDDER, CONFIRM_EMBEDDER):
         where = f"FROM embeddings WHERE embedder = '{name}'"
         assert _counts(db, f"SELECT COUNT(*) {where}") == n_images
         assert _counts(db, f"SELECT COUNT(DISTINCT row) {where}") == n_images
@@ -400,7 +400,7 @@ def test_a_store_copied_without_its_embeddings_folder_is_explained_and_rebuilt_b
     # re-running mine with the same checkpoint re-embeds what the folder held; scores are kept
     lines: list[str] = []
     mine(_config(tmp_path, checkpoint, pool, db=copy), log=lines.append)
-    assert lines[1].startswith("embeddings: 16 vectors missing from ")  # 8 images, 2 embedders
+    assert lines[1].startswith("embeddings: 24 vectors missing from ")  # 8 images, 3 embedders
     assert lines[2].startswith("score: 8 images scored")
     assert _counts(copy, "SELECT COUNT(*) FROM scores") == 8
     assert main(similar) == 0

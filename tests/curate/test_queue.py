@@ -30,6 +30,8 @@ from curate.neighbours.near_duplicates import (
     DEFAULT_DUP_THRESHOLD,
     THUMB_EMBEDDER,
     aligned_similarity,
+    candidate_pairs,
+    confirmation_thumbnail,
     group_near_duplicates,
     thumbnail_descriptor,
 )
@@ -150,17 +152,36 @@ def test_near_duplicates_group_copies_but_not_look_alikes():
         assert aligned_similarity(original, images[name]) >= DEFAULT_DUP_THRESHOLD, name
     assert aligned_similarity(original, look_alike) < 0.93
     keys = list(images)
-    thumbs = np.stack([thumbnail_descriptor(images[k]) for k in keys])
+    descriptors = np.stack([thumbnail_descriptor(images[k]) for k in keys])
+    stored = _ReadRecorder(np.stack([confirmation_thumbnail(images[k]) for k in keys]))
     priority = [0.5, 0.9, 0.6, 0.7, 0.99]  # the JPEG copy is the hardest member
-    groups = group_near_duplicates(keys, thumbs, images.get, priority).set_index("sha256")
+    groups = group_near_duplicates(keys, descriptors, stored, priority).set_index("sha256")
     assert groups.loc["original", "group_size"] == 4
     assert set(groups["representative"].iloc[:4]) == {"jpeg"}
     assert groups.loc["look_alike", "representative"] == "look_alike"
     assert groups.loc["look_alike", "group_size"] == 1
     assert np.isnan(groups.loc["look_alike", "dup_score"])
     assert (groups["dup_score"].iloc[:4] >= DEFAULT_DUP_THRESHOLD).all()
-    unreadable = group_near_duplicates(keys, thumbs, lambda k: None, priority)
-    assert (unreadable["group_size"] == 1).all()
+    # the confirmation reads the stored thumbnails of the rows in candidate pairs, and no others
+    pairs = candidate_pairs(
+        descriptors, np.stack([confirmation_thumbnail(images[k]) for k in keys])
+    )
+    in_pairs = set(pairs["i"]) | set(pairs["j"])
+    assert stored.read == in_pairs and {0, 1, 2, 3} <= in_pairs
+
+
+class _ReadRecorder:
+    """A thumbnail matrix that remembers which rows were read."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows, self.read = rows, set()
+
+    def __getitem__(self, index):
+        self.read |= set(np.atleast_1d(np.arange(len(self.rows))[index]).tolist())
+        return self.rows[index]
+
+    def __len__(self):
+        return len(self.rows)
 
 
 # ---- build_queue on a scored, planted pool -------------------------------------------------

@@ -22,7 +22,7 @@ from PIL import Image
 from curate import store
 from curate.ingest.pool_sources import iter_pool
 from curate.ingest.register import ingest_pool
-from curate.neighbours.near_duplicates import THUMB_EMBEDDER
+from curate.neighbours.near_duplicates import CONFIRM_EMBEDDER, THUMB_EMBEDDER
 from curate.score.scoring import (
     VOC_CLASSES,
     Scorer,
@@ -100,7 +100,11 @@ def test_every_awkward_file_is_normalised_or_recorded_with_its_reason(tmp_path, 
     assert report.counts["scored"] == len(usable)
     assert report.counts["bad:truncated"] == report.counts["bad:too_large"] == 1
     per_embedder = dict(conn.execute("SELECT embedder, COUNT(*) FROM embeddings GROUP BY 1"))
-    assert per_embedder == {scorer.classifier_embedder: len(usable), THUMB_EMBEDDER: len(usable)}
+    assert per_embedder == {
+        scorer.classifier_embedder: len(usable),
+        THUMB_EMBEDDER: len(usable),
+        CONFIRM_EMBEDDER: len(usable),
+    }
 
 
 def test_scores_match_the_model_and_the_planted_answer(tmp_path, conn, scorer):
@@ -164,7 +168,7 @@ def test_a_new_checkpoint_scores_everything_again_into_its_own_rows(tmp_path, co
     ).fetchall()
     embedders = {r[0] for r in conn.execute("SELECT DISTINCT embedder FROM embeddings")}
     assert sorted(n for _, n in per_ck) == [8, 8]
-    assert embedders == {THUMB_EMBEDDER} | {
+    assert embedders == {THUMB_EMBEDDER, CONFIRM_EMBEDDER} | {
         classifier_embedder_name(s.checkpoint_sha256) for s in (scorer, other)
     }
 

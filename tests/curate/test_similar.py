@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -229,3 +231,36 @@ def test_a_file_name_stored_for_two_images_asks_for_more(arc_store, tmp_path):
     assert shas[3][:12] in str(err.value) and shas[4][:12] in str(err.value)
     # the full path still names one image
     assert find_similar(conn, str(paths[3].resolve()), k=1).sha256.tolist() == [shas[2]]
+
+
+def test_beyond_the_exact_limit_a_saved_compressed_index_answers_and_grows(tmp_path, monkeypatch):
+    from curate.neighbours import similar as similar_module
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32))
+    vectors = centres[rng.integers(0, 40, 3000)] + 0.35 * rng.standard_normal((3000, 32))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    shas = [f"{i:064x}" for i in range(3000)]
+    db = store.open_store(tmp_path / "big.db")
+    with store.connect(db) as conn:
+        with store.transaction(conn):
+            conn.executemany(
+                "INSERT INTO images(sha256, status) VALUES (?, 'ok')", [(s,) for s in shas]
+            )
+            EmbeddingFile(conn, EMBEDDER, dim=32).append(shas, vectors)
+        monkeypatch.setattr(similar_module, "APPROXIMATE_FROM", 1000)
+        exact = np.argsort(-(vectors @ vectors[7]))[1:21]
+        table = find_similar(conn, shas[7], k=20, embedder=EMBEDDER)
+        found = [int(s, 16) for s in table["sha256"]]
+        assert len(set(found) & set(exact.tolist())) >= 18  # recall@20 >= 0.9
+        np.testing.assert_allclose(table["similarity"], vectors[found] @ vectors[7], atol=1e-5)
+        folder = store.embeddings_dir(conn)
+        assert json.loads((folder / f"{EMBEDDER}.ivfpq.json").read_text())["rows"] == 3000
+        # vectors appended later are added to the saved index on the next question
+        copy = f"{3000:064x}"
+        with store.transaction(conn):
+            conn.execute("INSERT INTO images(sha256, status) VALUES (?, 'ok')", (copy,))
+            EmbeddingFile(conn, EMBEDDER, dim=32).append([copy], vectors[7:8])
+        table = find_similar(conn, shas[7], k=5, embedder=EMBEDDER)
+        assert table["sha256"].iloc[0] == copy
+        assert json.loads((folder / f"{EMBEDDER}.ivfpq.json").read_text())["rows"] == 3001
