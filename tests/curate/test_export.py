@@ -40,7 +40,7 @@ def reviewed(tmp_path):
             annotators.sign_in(conn, name)
         for i, votes in VOTES.items():
             for name, verdict, seconds in votes:
-                verdicts.record_verdict(conn, name, world.shas[i], verdict, seconds)
+                verdicts.record_verdict(conn, name, world.shas[i], verdict, seconds, k=3)
         # item 6 was judged, then undone: not exported; item 7 was never judged
         verdicts.record_verdict(conn, "ana", world.shas[6], "no_foreground", 9.0)
         assert verdicts.undo_last(conn, "ana") == world.shas[6]
@@ -154,8 +154,13 @@ def _export_cli(argv):
 def test_cli_export_and_its_errors(reviewed, conn, tmp_path, capsys):
     out = tmp_path / "cli"
     assert _export_cli(["--db", str(reviewed.db), "--out", str(out), "--policy", "any"]) == 0
-    printed = capsys.readouterr().out
-    assert "6 reviewed images (1 no_foreground, policy any, 12 verdicts)" in printed
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (
+        f"exported 6 reviewed images -> {out} (policy any, overlap 1; 12 votes from 3 annotator(s))"
+    )
+    table = {line.split()[0]: line.split() for line in printed[2:5]}
+    assert table["any"][1:6] == ["*", "1", "3", "1", "1"]  # no_fg, contains, unsure, bad_image
+    assert table["majority"][1:5] == ["2", "1", "2", "1"]
     # user errors are HardoodErrors, which `hardood` prints as one line and exits 2
     with pytest.raises(OutputExistsError, match="already holds an export"):
         _export_cli(["--db", str(reviewed.db), "--out", str(out)])
