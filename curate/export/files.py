@@ -29,12 +29,14 @@ import pandas as pd
 
 from wood_train.errors import ConfigError, OutputExistsError
 from wood_train.manifest.contract import (
+    COLUMNS,
     CSV_NAME,
     FORMULA_PREFIXES,
     META_NAME,
     TRAINED_VERDICT,
     escape_cell,
 )
+from wood_train.manifest.validate import normalise_rows
 from wood_train.manifest.write import write_manifest
 
 OOD_LIST_NAME = "ood_list.txt"
@@ -99,7 +101,7 @@ def write_export(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
     try:
         built = write_manifest(staging / out_dir.name, rows, meta)
-        _escape_text_cells(built / CSV_NAME)
+        _write_safe_csv(built / CSV_NAME, rows)
         _write_text_synced(built / OOD_LIST_NAME, "".join(f"{line}\n" for line in lines))
         os.chmod(built, _folder_mode(staging))
         if out_dir.exists():  # swap; put the old export back if the second rename fails
@@ -128,17 +130,24 @@ def _folder_mode(parent: Path) -> int:
         probe.rmdir()
 
 
-def _escape_text_cells(csv_path: Path) -> None:
-    """Rewrite ``manifest.csv`` with every text cell in its spreadsheet-safe form."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        records = list(csv.reader(f))
-    header = records[0]
-    text = [i for i, name in enumerate(header) if name not in NUMERIC_COLUMNS]
-    for record in records[1:]:
-        for i in text:
-            record[i] = escape_cell(record[i])
+def _write_safe_csv(csv_path: Path, rows: pd.DataFrame) -> None:
+    """Rewrite ``manifest.csv`` from ``rows`` in the manifest's own order and text form, with
+    every text cell in its spreadsheet-safe form. A row with a carriage return in a cell is
+    written fully quoted: Python's csv writer quotes only the line terminator ``\n``, and a bare
+    ``\r`` would split the row for every reader."""
+    table = normalise_rows(rows)
+    table = table[[c for c in COLUMNS if c in table.columns] + [
+        c for c in table.columns if c not in COLUMNS
+    ]]  # fmt: skip
+    table = table.sort_values(["sha256", "path"], kind="mergesort")  # as write_manifest sorts
+    text = [name not in NUMERIC_COLUMNS for name in table.columns]
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(records)
+    minimal = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    minimal.writerow(table.columns)
+    for record in table.itertuples(index=False):
+        cells = [escape_cell(v) if is_text else v for v, is_text in zip(record, text)]
+        (quoted if any("\r" in c for c in cells) else minimal).writerow(cells)
     _write_text_synced(csv_path, buffer.getvalue())
 
 

@@ -81,7 +81,8 @@ def disagreements(
     out = pd.DataFrame(rows, columns=list(DISAGREEMENT_COLUMNS))
     if out.empty:
         return out
-    tie = out["votes_no_foreground"] == out["votes_contains_foreground"]
+    no, yes = out["votes_no_foreground"], out["votes_contains_foreground"]
+    tie = (no == yes) & (no > 0)
     out = out.assign(_open=out["adjudicated"].isna(), _tie=tie)
     out = out.sort_values(
         ["_open", "_tie", "top_score", "sha256"], ascending=[False, False, False, True]

@@ -189,3 +189,24 @@ def test_cli_export_under_a_file_names_the_flag_and_writes_nothing(
     ]
     assert afile.read_text() == "notes"
     assert conn.execute("SELECT COUNT(*) FROM runs WHERE command = 'export'").fetchone()[0] == 0
+
+
+def test_an_error_never_claims_no_verdicts_when_verdicts_exist(tmp_path):
+    world = build_review_store(tmp_path / "w", 3)
+    with store.connect(world.db) as conn:
+        annotators.sign_in(conn, "ana")
+        verdicts.record_verdict(conn, "ana", world.shas[0], "no_foreground", 1.0)
+        with store.transaction(conn):  # the queue is rebuilt without it: still exported
+            conn.execute("DELETE FROM queue")
+        rows, _, _ = build_export(conn)
+        assert rows["sha256"].tolist() == [world.shas[0]]
+        with store.transaction(conn):  # its facts and scores are gone: say that, not "none"
+            conn.execute("UPDATE verdicts SET top_score = NULL, top_class = NULL")
+            conn.execute("DELETE FROM scores")
+        with pytest.raises(ValueError, match="1 reviewed image.* have no scores") as info:
+            build_export(conn)
+        assert "no verdicts" not in str(info.value)
+        with store.transaction(conn):  # only a gold check left: say so
+            conn.execute("UPDATE verdicts SET gold_check = 1")
+        with pytest.raises(ValueError, match="1 live verdict.*none is a vote.*1 gold check"):
+            build_export(conn)
