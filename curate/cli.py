@@ -110,17 +110,43 @@ def add_export(parser: argparse.ArgumentParser) -> None:
         help="how several votes become one verdict (default: majority)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing export")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="votes wanted per image, for the short-of-overlap report (default: the overlap "
+        "`hardood annotate` recorded in the store, else 1)",
+    )
+    parser.add_argument(
+        "--min-gold-accuracy",
+        type=float,
+        default=None,
+        help="leave out the votes of annotators whose accuracy on gold items is below this "
+        "(0-1; default: keep every vote)",
+    )
+    parser.add_argument(
+        "--min-gold-judged",
+        type=int,
+        default=5,
+        help="gold items an annotator must have judged before --min-gold-accuracy applies "
+        "(default: 5)",
+    )
     parser.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from curate import store
-    from curate.export.build import export_manifest
+    from curate.export.build import export_manifest, format_report
 
     with store.connect(store.open_existing(args.db)) as conn:
-        result = export_manifest(conn, args.out, policy=args.policy, force=args.force)
-    print(
-        f"exported {result.images} reviewed images ({result.no_foreground} no_foreground, "
-        f"policy {args.policy}, {result.verdicts} verdicts) -> {result.out_dir}"
-    )
+        result = export_manifest(
+            conn,
+            args.out,
+            policy=args.policy,
+            force=args.force,
+            k=args.overlap,
+            min_gold_accuracy=args.min_gold_accuracy,
+            min_gold_judged=args.min_gold_judged,
+        )
+    print(format_report(result))
     return 0

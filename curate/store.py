@@ -24,6 +24,13 @@ UTF-8 is stored as its raw bytes, see ``path_value``),
 ``dup_groups``, ``queue``, ``annotators``, ``leases`` and ``verdicts``. Signals are named
 ``<signal>_score``. Run timestamps are ISO-8601 UTC strings; lease and verdict times are unix
 seconds.
+
+Later migrations (``MIGRATIONS``, one function each, named for what it does): verdicts keep the
+queue facts and scores they were given on (``queue_run_id``, ``queue_rank``, ``checkpoint_sha256``,
+``top_class``, ``top_score``, ``hardness_score``, ``reason``) and say whether they are a
+``gold_check`` and which verdict they ``replace``; ``review_items`` (each queue item's rank and
+live vote count, kept by triggers, indexed for the next open items); ``leads``, ``gold`` and
+``gold_checks``; annotator names folded to one spelling.
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ from typing import Any
 
 import numpy as np
 
+from curate.store_migrations import (
+    add_leads_and_gold,
+    add_review_items,
+    add_verdict_facts,
+    fold_annotator_names,
+)
 from wood_train.errors import DataError, MissingInputError
 
 BUSY_TIMEOUT_S = 30.0
@@ -111,7 +124,15 @@ def _migrate_to_v2(conn: sqlite3.Connection) -> None:
 
 
 # Ordered: MIGRATIONS[i] takes a store from schema version i to i + 1. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2]
+# Each later migration is a function named for what it does (``curate.store_migrations``).
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_to_v1,
+    _migrate_to_v2,
+    add_verdict_facts,
+    add_review_items,
+    add_leads_and_gold,
+    fold_annotator_names,
+]
 STORE_SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -176,3 +176,26 @@ def test_a_rerun_reuses_every_finished_step(demo):
     run_demo(config, log=again.append)
     assert sum("up to date, reused" in line for line in again) == 4  # mine, review, export, remine
     assert json.loads((ws / "steps.json").read_text()) == steps
+
+
+def test_the_worlds_truth_supplies_gold_and_measures_each_annotator(demo):
+    from app.demo.simulated_annotators import truth_by_sha
+    from curate.review import gold
+
+    _, ws, _, _ = demo
+    truth = read_pool_truth(ws / "world")
+    with store.connect(ws / "curation.db") as conn:
+        contains = truth_by_sha(conn, truth, ws / "world" / "pool")
+        items = gold.gold_items(conn)
+        accuracy = gold.gold_accuracy(conn).set_index("annotator")
+        votes = conn.execute(
+            "SELECT v.annotator, v.verdict, g.verdict FROM verdicts v JOIN gold g USING (sha256) "
+            "WHERE v.undone = 0"
+        ).fetchall()
+    assert len(items) >= 1 and set(items["source"]) == {"truth"}
+    for sha, answer in zip(items["sha256"], items["verdict"]):
+        assert answer == ("contains_foreground" if contains[sha] else "no_foreground")
+    for name in {v[0] for v in votes}:
+        mine = [v for v in votes if v[0] == name]
+        assert accuracy.loc[name, "gold_judged"] == len(mine)
+        assert accuracy.loc[name, "gold_correct"] == sum(v[1] == v[2] for v in mine)

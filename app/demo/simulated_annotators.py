@@ -5,6 +5,8 @@ page, record verdicts), so leases, overlap and verdict timing behave as with a r
 the truth ("contains_foreground" when the image has an object) flipped with probability
 ``error_rate``; seconds per verdict are drawn around ``seconds_per_verdict``. Verdicts are stored
 with ``source='simulated'`` so reports and exports can say plainly that they were simulated.
+The world's truth also supplies gold items (``curate.review.gold``): a share ``gold_share`` of
+the queue is marked gold before the review, so each annotator's accuracy on gold is measured.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curate.review import annotators, leases, verdicts
+from curate.review import annotators, gold, leases, verdicts
 from wood_train.config import config_field
 from wood_train.errors import DataError
 from wood_train.progress import progress
@@ -34,6 +36,7 @@ class SimulatedTeam:
     page_size: int = config_field(12, "items per grid page")
     overlap: int = config_field(1, "verdicts per item (k)")
     limit: int | None = config_field(None, "stop after this many queue items")
+    gold_share: float = config_field(0.05, "share of the queue marked gold from the world's truth")
     seed: int = config_field(0, "seed of errors and timings")
 
 
@@ -66,6 +69,7 @@ def simulate_review(
     names = [annotators.sign_in(conn, name) for name in team.annotators]
     queued = conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
     target = min(queued, team.limit) if team.limit else queued
+    _mark_gold(conn, contains, target, team)
     records, done, clock = [], 0, 0.0
     bar = progress(total=target * team.overlap, desc="simulated review", unit="verdict")
     while done < target * team.overlap:
@@ -98,3 +102,19 @@ def simulate_review(
     return pd.DataFrame(
         records, columns=["sha256", "annotator", "verdict", "seconds", "truth_contains"]
     )
+
+
+def _mark_gold(
+    conn: sqlite3.Connection,
+    contains: dict[str, bool],
+    target: int,
+    team: SimulatedTeam,
+) -> None:
+    """Mark a random ``gold_share`` of the items to review gold, with the truth as the answer.
+    Its own random stream: the verdicts, errors and timings stay those of the seed."""
+    rng = np.random.default_rng([team.seed, 1])
+    shas = [row[0] for row in conn.execute("SELECT sha256 FROM queue WHERE rank <= ?", (target,))]
+    chosen = [s for s in shas if rng.random() < team.gold_share and s in contains]
+    answers = {s: "contains_foreground" if contains[s] else "no_foreground" for s in chosen}
+    if answers:
+        gold.add_gold(conn, answers, source="truth", marked_by="world truth")

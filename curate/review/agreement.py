@@ -1,7 +1,10 @@
-"""Inter-annotator agreement: Cohen's kappa for two annotators, Fleiss' kappa for more.
+"""Inter-annotator agreement: Cohen's kappa for two annotators, Fleiss' kappa for more, and each
+annotator's agreement with the consensus.
 
-``agreement_summary(conn)`` applies them to the store's live verdicts; ``cohen_kappa`` and
-``fleiss_kappa`` are plain functions over labels and counts.
+``agreement_summary(conn)`` applies the kappas to the store's live votes (gold checks and the lead's
+adjudications are not votes); ``annotator_agreement(conn)`` compares each annotator with the
+consensus of the others; ``cohen_kappa`` and ``fleiss_kappa`` are plain functions over labels and
+counts.
 
 Both are chance-corrected agreement, kappa = (P_o - P_e) / (1 - P_e): 1 is perfect agreement, 0 is
 what independent annotators with the same label frequencies would reach by chance. When every
@@ -85,7 +88,7 @@ def agreement_summary(conn: sqlite3.Connection) -> dict[str, Any]:
     and ``all_agree`` (share of overlapping items where every verdict is the same).
     """
     with store.transaction(conn):
-        verdicts = live_verdicts(conn)
+        verdicts = live_verdicts(conn, votes_only=True)
     # an annotator's latest live verdict per item (the API keeps one; be safe with imports)
     latest = verdicts.drop_duplicates(["sha256", "annotator"], keep="last")
     per_item = latest.groupby("sha256")["annotator"].transform("size")
@@ -114,3 +117,53 @@ def agreement_summary(conn: sqlite3.Connection) -> dict[str, Any]:
         result["method"] = "fleiss"
     result["kappa"] = None if math.isnan(kappa) else float(kappa)
     return result
+
+
+ANNOTATOR_AGREEMENT_COLUMNS = ("annotator", "compared", "agreed", "agreement")
+
+
+def consensus_of(verdicts: Sequence[str]) -> str | None:
+    """The verdict most of ``verdicts`` share, or None on a tie or without verdicts.
+
+    >>> consensus_of(["no_foreground", "no_foreground", "unsure"]), consensus_of(["a", "b"])
+    ('no_foreground', None)
+    """
+    counts = pd.Series(list(verdicts), dtype=object).value_counts()
+    if counts.empty or (len(counts) > 1 and counts.iloc[0] == counts.iloc[1]):
+        return None
+    return str(counts.index[0])
+
+
+def annotator_agreement(conn: sqlite3.Connection) -> pd.DataFrame:
+    """How often each annotator agrees with the consensus, one row per annotator.
+
+    The consensus an annotator is compared with on an item is the lead's adjudication when there
+    is one, else the verdict most of the *other* annotators gave it (leave-one-out; items where the
+    others tie, or where nobody else voted, are not compared). Columns: ``annotator``,
+    ``compared`` (items compared), ``agreed`` and ``agreement`` (``agreed / compared``, None when
+    nothing was compared).
+    """
+    with store.transaction(conn):
+        everything = live_verdicts(conn)
+    votes = everything[(everything["gold_check"] == 0) & (everything["source"] != "lead")]
+    votes = votes.drop_duplicates(["sha256", "annotator"], keep="last")
+    adjudicated = (
+        everything[everything["source"] == "lead"]
+        .drop_duplicates("sha256", keep="last")
+        .set_index("sha256")["verdict"]
+        .to_dict()
+    )
+    by_item = {sha: list(zip(g["annotator"], g["verdict"])) for sha, g in votes.groupby("sha256")}
+    tally: dict[str, list[int]] = {name: [0, 0] for name in sorted(votes["annotator"].unique())}
+    for sha, given in by_item.items():
+        for name, verdict in given:
+            consensus = adjudicated.get(sha) or consensus_of([v for a, v in given if a != name])
+            if consensus is None:
+                continue
+            tally[name][0] += 1
+            tally[name][1] += int(verdict == consensus)
+    rows = [
+        (name, compared, agreed, agreed / compared if compared else None)
+        for name, (compared, agreed) in tally.items()
+    ]
+    return pd.DataFrame(rows, columns=list(ANNOTATOR_AGREEMENT_COLUMNS))

@@ -138,8 +138,8 @@ def test_progress_view_counts_and_agreement(monkeypatch, world):
     for i, (a, b) in enumerate(zip("nnnc", "nncc")):
         label = {"n": "no_foreground", "c": "contains_foreground"}
         with store.connect(world.db) as conn:
-            verdicts.record_verdict(conn, "ana", world.shas[i], label[a], 2.0)
-            verdicts.record_verdict(conn, "bo", world.shas[i], label[b], 4.0)
+            verdicts.record_verdict(conn, "ana", world.shas[i], label[a], 2.0, k=2)
+            verdicts.record_verdict(conn, "bo", world.shas[i], label[b], 4.0, k=2)
     at = sign_in(open_app(monkeypatch, world.db, "--overlap", "2"), "ana")
     at.radio[0].set_value("Progress").run()
     metrics = {m.label: m.value for m in at.metric}

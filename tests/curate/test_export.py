@@ -40,7 +40,7 @@ def reviewed(tmp_path):
             annotators.sign_in(conn, name)
         for i, votes in VOTES.items():
             for name, verdict, seconds in votes:
-                verdicts.record_verdict(conn, name, world.shas[i], verdict, seconds)
+                verdicts.record_verdict(conn, name, world.shas[i], verdict, seconds, k=3)
         # item 6 was judged, then undone: not exported; item 7 was never judged
         verdicts.record_verdict(conn, "ana", world.shas[6], "no_foreground", 9.0)
         assert verdicts.undo_last(conn, "ana") == world.shas[6]
@@ -154,8 +154,13 @@ def _export_cli(argv):
 def test_cli_export_and_its_errors(reviewed, conn, tmp_path, capsys):
     out = tmp_path / "cli"
     assert _export_cli(["--db", str(reviewed.db), "--out", str(out), "--policy", "any"]) == 0
-    printed = capsys.readouterr().out
-    assert "6 reviewed images (1 no_foreground, policy any, 12 verdicts)" in printed
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (
+        f"exported 6 reviewed images -> {out} (policy any, overlap 1; 12 votes from 3 annotator(s))"
+    )
+    table = {line.split()[0]: line.split() for line in printed[2:5]}
+    assert table["any"][1:6] == ["*", "1", "3", "1", "1"]  # no_fg, contains, unsure, bad_image
+    assert table["majority"][1:5] == ["2", "1", "2", "1"]
     # user errors are HardoodErrors, which `hardood` prints as one line and exits 2
     with pytest.raises(OutputExistsError, match="already holds an export"):
         _export_cli(["--db", str(reviewed.db), "--out", str(out)])
@@ -184,3 +189,24 @@ def test_cli_export_under_a_file_names_the_flag_and_writes_nothing(
     ]
     assert afile.read_text() == "notes"
     assert conn.execute("SELECT COUNT(*) FROM runs WHERE command = 'export'").fetchone()[0] == 0
+
+
+def test_an_error_never_claims_no_verdicts_when_verdicts_exist(tmp_path):
+    world = build_review_store(tmp_path / "w", 3)
+    with store.connect(world.db) as conn:
+        annotators.sign_in(conn, "ana")
+        verdicts.record_verdict(conn, "ana", world.shas[0], "no_foreground", 1.0)
+        with store.transaction(conn):  # the queue is rebuilt without it: still exported
+            conn.execute("DELETE FROM queue")
+        rows, _, _ = build_export(conn)
+        assert rows["sha256"].tolist() == [world.shas[0]]
+        with store.transaction(conn):  # its facts and scores are gone: say that, not "none"
+            conn.execute("UPDATE verdicts SET top_score = NULL, top_class = NULL")
+            conn.execute("DELETE FROM scores")
+        with pytest.raises(ValueError, match="1 reviewed image.* have no scores") as info:
+            build_export(conn)
+        assert "no verdicts" not in str(info.value)
+        with store.transaction(conn):  # only a gold check left: say so
+            conn.execute("UPDATE verdicts SET gold_check = 1")
+        with pytest.raises(ValueError, match="1 live verdict.*none is a vote.*1 gold check"):
+            build_export(conn)

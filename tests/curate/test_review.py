@@ -119,16 +119,21 @@ def test_record_verdict_checks_input_and_ignores_a_double_submit(world, conn):
         verdicts.record_verdict(conn, ana, sha, "maybe", 1.0)
     with pytest.raises(ValueError, match="seconds"):
         verdicts.record_verdict(conn, ana, sha, "unsure", -3.0)
-    with pytest.raises(ValueError, match="not in the review queue"):
-        verdicts.record_verdict(conn, ana, "0" * 64, "unsure", 1.0)
     with pytest.raises(ValueError, match="source"):
         verdicts.record_verdict(conn, ana, sha, "unsure", 1.0, source="web")
+    with pytest.raises(ValueError, match="source"):  # the lead's verdicts go through adjudicate
+        verdicts.record_verdict(conn, ana, sha, "unsure", 1.0, source="lead")
     with pytest.raises(DataError, match="has not signed in"):
         verdicts.record_verdict(conn, "nobody", sha, "unsure", 1.0)
+    unknown = verdicts.submit_verdicts(conn, ana, [("0" * 64, "unsure", 1.0)])
+    assert [(r.sha256, r.reason) for r in unknown.refused] == [("0" * 64, verdicts.NOT_IN_QUEUE)]
     # seconds default to the time since the lease
     first = verdicts.record_verdict(conn, ana, sha, "bad_image", now=T0 + 4.5)
     assert first is not None
     assert verdicts.record_verdict(conn, ana, sha, "no_foreground", 1.0) is None
+    again = verdicts.submit_verdicts(conn, ana, [(sha, "no_foreground", 1.0)])
+    assert [r.reason for r in again.refused] == [verdicts.ALREADY_JUDGED]
+    assert not again.stale and again.message is None  # a double submit is not an expired page
     frame = verdicts.live_verdicts(conn)
     assert frame[["sha256", "annotator", "verdict", "seconds", "source"]].values.tolist() == [
         [sha, "ana", "bad_image", 4.5, "app"]
@@ -154,7 +159,8 @@ def test_undo_marks_the_last_verdict_and_gives_the_item_back_first(world, conn):
     }
     # nothing is deleted: the undone row is kept
     assert conn.execute("SELECT COUNT(*) FROM verdicts WHERE undone = 1").fetchone()[0] == 1
-    assert verdicts.undo_last(conn, "bo") is None
+    (bo,) = _signed(conn, "bo")
+    assert verdicts.undo_last(conn, bo) is None
 
 
 def test_progress_frame_and_summary(world, conn):
@@ -186,15 +192,15 @@ def _agree_then_disagree(world, conn):
     # ana vs bo on four items: yyyn vs yynn -> kappa 0.5 (worked out in the docstring)
     for i, (a, b) in enumerate(zip("yyyn", "yynn")):
         label = {"y": "no_foreground", "n": "contains_foreground"}
-        verdicts.record_verdict(conn, ana, world.shas[i], label[a], 1.0)
-        verdicts.record_verdict(conn, bo, world.shas[i], label[b], 1.0)
+        verdicts.record_verdict(conn, ana, world.shas[i], label[a], 1.0, k=3)
+        verdicts.record_verdict(conn, bo, world.shas[i], label[b], 1.0, k=3)
     result = agreement.agreement_summary(conn)
     assert result["method"] == "cohen" and result["annotators"] == ["ana", "bo"]
     assert result["kappa"] == pytest.approx(0.5) and result["items"] == 4
     assert result["all_agree"] == pytest.approx(0.75)
     # a third annotator on two items: Fleiss over the overlapping items
-    verdicts.record_verdict(conn, cy, world.shas[0], "no_foreground", 1.0)
-    verdicts.record_verdict(conn, cy, world.shas[3], "no_foreground", 1.0)
+    verdicts.record_verdict(conn, cy, world.shas[0], "no_foreground", 1.0, k=3)
+    verdicts.record_verdict(conn, cy, world.shas[3], "no_foreground", 1.0, k=3)
     result = agreement.agreement_summary(conn)
     counts = np.array([[3, 0], [2, 0], [1, 1], [1, 2]])  # no_fg / contains per item
     assert result["method"] == "fleiss"

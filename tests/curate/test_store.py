@@ -13,6 +13,7 @@ V1_TABLES = {
     "meta", "runs", "roots", "images", "image_paths", "scores", "embeddings", "dup_groups",
     "queue", "annotators", "leases", "verdicts",
 }  # fmt: skip
+REVIEW_TABLES = {"review_items", "leads", "gold", "gold_checks"}
 
 
 def _tables(db):
@@ -24,7 +25,7 @@ def _tables(db):
 def test_open_store_creates_every_table_in_wal_mode(tmp_path):
     db = store.open_store(tmp_path / "sub" / "c.db")
     assert db.is_file() and db.is_absolute()
-    assert _tables(db) == V1_TABLES
+    assert _tables(db) == V1_TABLES | REVIEW_TABLES
     with store.connect(db) as conn:
         assert store.schema_version(conn) == store.STORE_SCHEMA_VERSION == len(store.MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -238,3 +239,55 @@ def test_delete_store_removes_the_file_its_journal_and_its_folder(tmp_path):
         (folder / "thumb6.f32").write_bytes(b"\0" * 8)
     store.delete_store(db)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_version_1_store_is_upgraded_with_its_verdicts_facts_and_names(tmp_path, monkeypatch):
+    """A store written before the review migrations: its verdicts get the facts of the queue it
+    holds (or their latest scores), the open-items index is filled, and "ANA" and "ana" become
+    one annotator."""
+    db = tmp_path / "c.db"
+    monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[:1])
+    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", 1)
+    store.open_store(db)
+    with store.connect(db) as conn, store.transaction(conn):
+        conn.execute(
+            "INSERT INTO runs(run_id, command, config_json, checkpoint_sha256, started_at, status) "
+            "VALUES (1, 'mine', '{}', 'ck1', 'now', 'done')"
+        )
+        for sha, score in (("a" * 64, 0.9), ("b" * 64, 0.8)):
+            conn.execute("INSERT INTO images(sha256, status) VALUES (?, 'ok')", (sha,))
+            conn.execute(
+                "INSERT INTO scores(sha256, checkpoint_sha256, run_id, probs, top_class, "
+                "top_score, hardness_score) VALUES (?, 'ck1', 1, x'00', 1, ?, ?)",
+                (sha, score, score),
+            )
+        conn.execute(
+            "INSERT INTO queue(sha256, rank, run_id, top_class, hardness_score, reason) "
+            "VALUES (?, 1, 1, 1, 0.9, 'rails')",
+            ("a" * 64,),
+        )
+        conn.execute("INSERT INTO annotators VALUES ('ANA', '2024-01-01')")
+        conn.execute("INSERT INTO annotators VALUES ('ana', '2024-02-01')")
+        for sha, name in (("a" * 64, "ANA"), ("b" * 64, "ana")):
+            conn.execute(
+                "INSERT INTO verdicts(sha256, annotator, verdict, created_at) "
+                "VALUES (?, ?, 'no_foreground', 0)",
+                (sha, name),
+            )
+    monkeypatch.undo()
+    store.open_store(db)
+    with store.connect(db) as conn:
+        assert store.schema_version(conn) == store.STORE_SCHEMA_VERSION
+        rows = conn.execute(
+            "SELECT sha256, annotator, queue_run_id, queue_rank, checkpoint_sha256, top_score, "
+            "reason FROM verdicts ORDER BY sha256"
+        ).fetchall()
+        assert [tuple(r) for r in rows] == [
+            ("a" * 64, "ana", 1, 1, "ck1", 0.9, "rails"),  # still queued: the queue's facts
+            ("b" * 64, "ana", None, None, "ck1", 0.8, None),  # gone: its latest scores
+        ]
+        assert [tuple(r) for r in conn.execute("SELECT name, created_at FROM annotators")] == [
+            ("ana", "2024-01-01")
+        ]
+        index = conn.execute("SELECT sha256, live_votes FROM review_items").fetchall()
+        assert [tuple(r) for r in index] == [("a" * 64, 1)]

@@ -93,21 +93,33 @@ class LoadedManifest:
 
 
 def verdict_from_votes(
-    votes_no_foreground: int, votes_contains_foreground: int, policy: str
+    votes_no_foreground: int,
+    votes_contains_foreground: int,
+    policy: str,
+    votes_unsure: int = 0,
+    adjudicated: str | None = None,
 ) -> str:
     """The verdict a label policy gives a row's votes (``bad_image`` is set by curation, not votes).
 
     - ``majority``: the side with more votes wins; a tie (including 0-0) is ``unsure``.
-    - ``unanimous``: a side wins only if it has at least one vote and the other none.
-    - ``any``: one ``contains_foreground`` vote drops the image; else one ``no_foreground`` vote
-      keeps it; no votes is ``unsure``.
+      ``unsure`` votes abstain.
+    - ``unanimous``: a side wins only if it has at least one vote and every other vote, ``unsure``
+      included, is absent: one ``unsure`` vote blocks.
+    - ``any``: one ``contains_foreground`` vote drops the image; else one ``unsure`` vote blocks
+      (``unsure``); else one ``no_foreground`` vote keeps it; no votes is ``unsure``.
+    - An adjudicated row (the lead decided a disagreement, column ``adjudicated_verdict``) takes
+      the adjudicated verdict whatever the votes and the policy.
     """
-    no, yes = int(votes_no_foreground), int(votes_contains_foreground)
+    if adjudicated:
+        return adjudicated
+    no, yes, unsure = int(votes_no_foreground), int(votes_contains_foreground), int(votes_unsure)
     if policy == "majority":
         if no == yes:
             return "unsure"
         return "no_foreground" if no > yes else "contains_foreground"
     if policy == "unanimous":
+        if unsure:
+            return "unsure"
         if no > 0 and yes == 0:
             return "no_foreground"
         if yes > 0 and no == 0:
@@ -116,7 +128,7 @@ def verdict_from_votes(
     if policy == "any":
         if yes > 0:
             return "contains_foreground"
-        return "no_foreground" if no > 0 else "unsure"
+        return "no_foreground" if no > 0 and not unsure else "unsure"
     raise ConfigError(f"unknown label_policy {policy!r}; choose one of {LABEL_POLICIES}")
 
 

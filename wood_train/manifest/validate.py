@@ -127,7 +127,10 @@ def check_rows(
                 "are not non-negative integers"
             )
         elif policy is not None and verdict in VERDICTS and verdict != "bad_image":
-            expected = verdict_from_votes(votes[0], votes[1], policy)
+            expected = verdict_from_votes(
+                votes[0], votes[1], policy, _int_or_none(row.get("votes_unsure")) or 0,
+                row.get("adjudicated_verdict") or None,
+            )  # fmt: skip
             if verdict != expected:
                 row_problems.append(
                     f"verdict {verdict!r} disagrees with its votes ({votes[0]} no_foreground, "
