@@ -32,6 +32,7 @@ from curate.ingest.image_files import DEFAULT_MAX_FILE_MB
 from curate.score.pending import (
     collate_scoring,
     decode_for_scoring,
+    load_for_scoring,
     pending_page,
 )
 from curate.score.scoring import Scorer, ScoreReport, hardness_from, score_loaded
@@ -75,7 +76,8 @@ class ActorSpec:
 
 
 class ShardScorer:
-    """A Ray Data actor: one model load, then one Parquet shard per batch of (sha256, path) rows."""
+    """A Ray Data actor: one model load, then one Parquet shard per batch of (sha256, root,
+    relpath) rows."""
 
     def __init__(self, spec: ActorSpec):
         import torch
@@ -104,15 +106,21 @@ class ShardScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.spec
         items = []
-        for sha256, uri in zip(batch["sha256"], batch["path"]):
+        for sha256, root, relpath in zip(batch["sha256"], batch["root"], batch["relpath"]):
+            sha256, root, relpath = str(sha256), str(root), str(relpath)
+            if "://" not in root:  # a local pool: the local engine's contained, capped reader
+                items.append(load_for_scoring(sha256, root, relpath, spec.image_size,
+                                              self.scorer.clip is not None, spec.max_file_bytes))  # fmt: skip
+                continue
+            uri = f"{root.rstrip('/')}/{relpath}"
             try:
-                data = read_bytes(str(uri))
+                data = read_bytes(uri, spec.max_file_bytes)
             except OSError as exc:
                 items.append(
                     {"sha256": sha256, "skip": "unreadable_file", "detail": f"{uri}: {exc}"}
                 )
                 continue
-            items.append(decode_for_scoring(str(sha256), str(uri), data, spec.image_size,
+            items.append(decode_for_scoring(sha256, uri, data, spec.image_size,
                                             self.scorer.clip is not None))  # fmt: skip
         collated = collate_scoring(items)
         scored = score_loaded(self.scorer, collated, spec.hardness, spec.heatmap_size, spec.amp)

@@ -76,7 +76,7 @@ def test_ood_list_stays_readable_by_the_reference_code(world, tmp_path):
     # as the reference reads it: one path per line, joined to --ood_root
     for line in text.splitlines():
         assert os.path.isfile(os.path.join(str(world.root), line.strip())), repr(line)
-    listed = read_ood_list_txt(tmp_path / "m" / OOD_LIST_NAME, world.root)
+    listed, _ = read_ood_list_txt(tmp_path / "m" / OOD_LIST_NAME, world.root)
     assert sorted(map(str, listed)) == sorted(str(world.root / n) for n in NAMES[:5] + NAMES[7:])
     report = result.report
     assert sorted(report.ood_list_renamed) == sorted(NAMES[:5])

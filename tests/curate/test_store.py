@@ -241,13 +241,13 @@ def test_delete_store_removes_the_file_its_journal_and_its_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_a_version_1_store_is_upgraded_with_its_verdicts_facts_and_names(tmp_path, monkeypatch):
-    """A store written before the review migrations: its verdicts get the facts of the queue it
+def test_a_store_from_before_the_review_migrations_is_upgraded(tmp_path, monkeypatch):
+    """A version 2 store (written before the review migrations): its verdicts get the facts of the queue it
     holds (or their latest scores), the open-items index is filled, and "ANA" and "ana" become
     one annotator."""
     db = tmp_path / "c.db"
-    monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[:1])
-    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", 1)
+    monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[:2])
+    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", 2)
     store.open_store(db)
     with store.connect(db) as conn, store.transaction(conn):
         conn.execute(
