@@ -54,6 +54,13 @@ def submit_page(ctx: ViewContext, token: str) -> None:
                 conn, ctx.user.name,
                 [(sha, verdict, seconds) for sha, verdict in zip(page["shas"], given)],
             )  # fmt: skip
+    except verdicts.StalePageError as exc:  # the page outlived its leases: the rest counted
+        recorded = {sha for sha, _ in exc.result.recorded}
+        kept = [(sha, verdict) for sha, verdict in zip(page["shas"], given) if sha in recorded]
+        if kept:
+            history.push([sha for sha, _ in kept], [verdict for _, verdict in kept])
+        notify(exc.result.message or str(exc), error=True)
+        return
     except HardoodError as exc:  # e.g. the queue was rebuilt under this page
         notify(f"Not saved: {exc}", error=True)
         return

@@ -39,6 +39,9 @@ def record_single(ctx: ViewContext, sha: str, verdict: str) -> None:
     try:
         with store.connect(ctx.config.db) as conn:
             recorded = verdicts.record_verdict(conn, ctx.user.name, sha, verdict, seconds)
+    except verdicts.StalePageError as exc:  # the lease ran out and the image went elsewhere
+        notify(exc.result.message or str(exc), error=True)
+        return
     except HardoodError as exc:  # e.g. the queue was rebuilt under this image
         notify(f"Not saved: {exc}", error=True)
         return

@@ -69,6 +69,29 @@ def test_grid_page_defaults_to_no_foreground_and_flips_what_was_checked(monkeypa
     assert not any(c.value for c in at.checkbox)
 
 
+def test_an_expired_page_keeps_what_still_counts_and_says_so(monkeypatch, world):
+    """ana's leases ran out and bo judged one of her tiles meanwhile: her submit records the
+    other 11, refuses that one with the app's message, and the next page has fresh items."""
+    at = sign_in(open_app(monkeypatch, world.db), "ana")
+    page = grid_shas(at)
+    with store.connect(world.db) as conn:
+        conn.execute("UPDATE leases SET expires_at = 0 WHERE annotator = 'ana'")
+        annotators.sign_in(conn, "bo")
+        verdicts.record_verdict(conn, "bo", page[0], "contains_foreground", 3.0)
+    submit_grid(at)
+    with store.connect(world.db) as conn:
+        live = verdicts.live_verdicts(conn)
+    by_annotator = {
+        (a, s): v for a, s, v in zip(live["annotator"], live["sha256"], live["verdict"])
+    }
+    assert by_annotator == {("bo", page[0]): "contains_foreground",
+                            **{("ana", sha): "no_foreground" for sha in page[1:]}}  # fmt: skip
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("This page expired: 1 image(s) were not recorded")
+    assert "your other 11 verdict(s) are saved" in error
+    assert set(grid_shas(at)).isdisjoint(page)
+
+
 def test_single_view_records_the_shown_item_then_undo_brings_it_back(monkeypatch, world):
     at = sign_in(open_app(monkeypatch, world.db), "ana")
     at.radio[0].set_value("Single").run()
