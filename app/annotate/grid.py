@@ -101,8 +101,9 @@ def grid_view(ctx: ViewContext) -> None:
 def draw_grid(ctx: ViewContext, conn: sqlite3.Connection) -> None:
     pages = st.session_state.setdefault("grid_pages", {})
     items = leases.lease_next(
-        conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds, n=ctx.config.grid_size
-    )
+        conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds,
+        n=ctx.config.grid_size, gold_share=ctx.config.gold_share,
+    )  # fmt: skip
     take_notices()
     if not items:
         st.success(

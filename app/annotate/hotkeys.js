@@ -211,7 +211,7 @@
 
   // ---- keys ----------------------------------------------------------------------------------
   function ours(key) {  // Streamlit's own single-key shortcuts (c: clear cache) must not fire
-    return Boolean(cfg.verdicts[key]) || [cfg.undoKey, cfg.camKey, cfg.zoomKey].includes(key)
+    return Boolean(cfg.verdicts[key]) || [cfg.undoKey, cfg.camKey, cfg.zoomKey, cfg.goldKey].includes(key)
       || cfg.gridKeys.includes(key);
   }
   function enterTarget(target) {  // Enter submits only from the page body or a tile
@@ -219,7 +219,11 @@
       || Boolean(target.closest && target.closest(CELL));
   }
   function widgetFor(key) {
-    if (cfg.verdicts[key]) return live(`[class*="st-key-${cfg.verdictPrefix}${cfg.verdicts[key]}__"] button`);
+    if (cfg.verdicts[key]) {  // the single view's verdict, else the lead's adjudication
+      return live(`[class*="st-key-${cfg.verdictPrefix}${cfg.verdicts[key]}__"] button`)
+        || live(`[class*="st-key-${cfg.adjudicatePrefix}${cfg.verdicts[key]}__"] button`);
+    }
+    if (key === cfg.goldKey) return live(`.st-key-${cfg.goldWidget} button`);
     if (key === cfg.undoKey) return live(`.st-key-${cfg.undoWidget} button`);
     if (key === cfg.camKey) return live(`.st-key-${cfg.camWidget} input`);
     const cell = cfg.gridKeys.indexOf(key);

@@ -38,6 +38,10 @@ GRID_CELL_PREFIX = "gridcell_"
 GRID_BOX_PREFIX = "gridcb__"
 GRID_SUBMIT_PREFIX = "gridsubmit__"
 RENEW_WIDGET = "renew_leases"  # clicked by the script while the annotator is active
+# The lead's Disagreements view: the same keys adjudicate the item shown,
+# widget keys f"{ADJUDICATE_PREFIX}{verdict}__{sha256}"; GOLD_KEY marks the last one gold.
+ADJUDICATE_PREFIX = "adjudicate__"
+GOLD_KEY, GOLD_WIDGET = "g", "mark_gold_last"
 DEFAULT_DWELL_SECONDS = 1.0
 
 _SCRIPT = Path(__file__).with_name("hotkeys.js")
@@ -58,6 +62,9 @@ def hotkeys_html(dwell_seconds: float, renew_every_seconds: float) -> str:
         "cellPrefix": GRID_CELL_PREFIX,
         "submitPrefix": GRID_SUBMIT_PREFIX,
         "renewWidget": RENEW_WIDGET,
+        "adjudicatePrefix": ADJUDICATE_PREFIX,
+        "goldKey": GOLD_KEY,
+        "goldWidget": GOLD_WIDGET,
         "dwellMs": round(dwell_seconds * 1000),
         "renewEveryMs": round(renew_every_seconds * 1000),
     }
@@ -82,3 +89,9 @@ def shortcuts_markdown() -> str:
         f"`{ZOOM_KEY}` zoom.\n\n"
         "`Esc` leaves a text field or closes the zoom."
     )
+
+
+def lead_shortcuts_markdown() -> str:
+    """The lead's shortcuts, shown in the Disagreements view."""
+    verdicts = ", ".join(f"`{k}` {v.replace('_', ' ')}" for k, v in VERDICT_KEYS.items())
+    return f"Adjudicate the image shown: {verdicts}; `{GOLD_KEY}` marks the last one gold."

@@ -3,7 +3,7 @@
     hardood annotate --db curation.db [--host 127.0.0.1] [--port 8501] [--password-env VAR]
                      [--lead-password-env VAR] [--lease-seconds 300] [--overlap 1]
                      [--grid-size 12] [--dwell-seconds 1] [--guidelines FILE] [--hide-scores]
-                     [--image-root DIR ...] [--export-dir DIR]
+                     [--image-root DIR ...] [--export-dir DIR] [--gold-share 0.05]
 
 Streamlit runs headless, without usage statistics or opening a browser, on localhost unless told
 otherwise. Listening beyond localhost needs ``--password-env VAR``: the team's shared password is
@@ -65,6 +65,11 @@ class AnnotateConfig:
         "serve images only from these folders (default: every root registered in the store)",
         flag="--image-root",
     )
+    gold_share: float = config_field(
+        0.0,
+        "share of each annotator's items that are gold checks: images with a known answer (marked "
+        "gold by the lead, or loaded from a truth), scored against it and never counted as votes",
+    )
 
 
 def is_local_host(host: str) -> bool:
@@ -109,6 +114,8 @@ def check_config(config: AnnotateConfig, environ: dict[str, str] | None = None) 
         raise MissingInputError(
             f"--guidelines {config.guidelines}: no such file (a Markdown file of guidelines)"
         )
+    if not 0 <= config.gold_share < 1:
+        raise ConfigError(f"--gold-share must be in [0, 1), got {config.gold_share}")
     for root in config.image_roots:
         if not Path(root).is_dir():
             raise MissingInputError(f"--image-root {root}: no such folder")
@@ -126,6 +133,7 @@ def app_arguments(config: AnnotateConfig) -> list[str]:
         "--export-dir", str(Path(config.export_dir).resolve()),
     ]  # fmt: skip
     args += ["--dwell-seconds", str(config.dwell_seconds)]
+    args += ["--gold-share", str(config.gold_share)]
     args += ["--hide-scores" if config.hide_scores else "--no-hide-scores"]
     if config.password_env is not None:
         args += ["--password-env", config.password_env]

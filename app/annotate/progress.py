@@ -60,6 +60,11 @@ def draw_progress(ctx: ViewContext, conn: sqlite3.Connection) -> None:
         f"annotator(s) active in the last 15 min; {overlap} verdict(s) per image. "
         f"Refreshes every {REFRESH_SECONDS} s."
     )
+    st.caption(
+        f"This round (queue run {summary['round_run_id']}): {summary['round_human_verdicts']} "
+        "verdict(s) given in the app. The median and the ETA count only these: earlier rounds' "
+        "and simulated verdicts are left out."
+    )
     st.subheader("Annotators")
     st.table(annotator_table(review_progress.progress_frame(conn)))
     st.subheader("Agreement on images seen by several annotators")

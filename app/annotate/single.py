@@ -75,8 +75,9 @@ def single_view(ctx: ViewContext) -> None:
 def draw_single(ctx: ViewContext, conn: sqlite3.Connection) -> None:
     shown_at = st.session_state.setdefault("shown_at", {})
     items = leases.lease_next(
-        conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds, n=1
-    )
+        conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds, n=1,
+        gold_share=ctx.config.gold_share,
+    )  # fmt: skip
     take_notices()
     if not items:
         st.success(

@@ -2,7 +2,8 @@
 
 Views: Grid (the main mode: a page of thumbnails, each "no foreground" until flipped, Enter
 submits), Single (one image, its CAM beside it on request, a verdict per key), History (change a
-recent verdict) and Progress; the lead gets the lead's views instead of Grid and Single. All state
+recent verdict) and Progress. The lead gets Team, Disagreements (``app.annotate.lead``), Progress
+and Export (``app.annotate.export_panel``) instead, and holds no leases. All state
 that matters lives in the store: buttons record through ``on_click`` callbacks that call the
 review API, and each view asks the API for the items to show, so nothing is lost on a reload or a
 server restart. The views are fragments: a key press reruns the grid or the image, not the
@@ -11,7 +12,6 @@ sidebar. The class list heads every page.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import sys
 import time
@@ -21,24 +21,23 @@ import streamlit as st
 
 from app.annotate import history, hotkeys, session
 from app.annotate.context import ViewContext, notify, take_notices, without_paths
+from app.annotate.export_panel import export_view, sidebar_export
 from app.annotate.grid import FLIPPED, grid_view
 from app.annotate.guidelines import load_guidelines
 from app.annotate.images import DEFAULT_CAM_OPACITY
 from app.annotate.launch import AnnotateConfig, check_config, parse_app_args
+from app.annotate.lead import disagreements_view, team_view
 from app.annotate.progress import progress_view
 from app.annotate.session import User
 from app.annotate.settings import scores_hidden, set_scores_hidden
 from app.annotate.single import single_view
 from curate import store
-from curate.export import build as export
 from curate.review import annotators, leases, verdicts
 from wood_train.errors import HardoodError
-from wood_train.manifest.contract import LABEL_POLICIES
 
 ANNOTATOR_VIEWS = ("Grid", "Single", "Progress")
-LEAD_VIEWS = ("Progress",)
+LEAD_VIEWS = ("Team", "Disagreements", "Progress", "Export")
 CSS = Path(__file__).with_name("annotate.css")
-EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
 def main() -> None:
@@ -55,6 +54,7 @@ def main() -> None:
         st.html(
             hotkeys.hotkeys_html(config.dwell_seconds, renew_every), unsafe_allow_javascript=True
         )
+    record_overlap(str(config.db), config.overlap)
     with store.connect(config.db) as conn:  # the page around the views; each view run has its own
         user = session.restore(config)
         if user is None:
@@ -72,12 +72,27 @@ def main() -> None:
     elif view == "Single":
         single_view(ctx)
         renew_box(ctx)
+    elif view == "Team":
+        take_notices()
+        team_view(ctx)
+    elif view == "Disagreements":
+        disagreements_view(ctx)
+    elif view == "Export":
+        export_view(ctx)
     else:
         take_notices()
         progress_view(ctx)
 
 
 # ---- loaders -------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def record_overlap(db: str, overlap: int) -> int:
+    """Record the team's overlap in the store, once per server, so ``hardood export`` measures
+    "short of the overlap" against what the team was asked for."""
+    with store.connect(db) as conn:
+        return leases.set_review_overlap(conn, overlap)
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -148,7 +163,7 @@ def sidebar(
                 help="scores, reasons and CAMs; the model's guess can anchor a verdict",
             )  # fmt: skip
         if user.is_lead or config.lead_password_env is None:
-            export_panel(config, conn)
+            sidebar_export(config, conn)
         st.button("Sign out", key="sign_out", on_click=sign_out, args=(config, user))
     return view, with_cam, opacity
 
@@ -195,11 +210,11 @@ def renew_leases(ctx: ViewContext) -> None:
     with store.connect(ctx.config.db) as conn:
         leases.lease_next(
             conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds,
-            n=ctx.config.grid_size,
+            n=ctx.config.grid_size, gold_share=ctx.config.gold_share,
         )  # fmt: skip
 
 
-# ---- sign-in and export --------------------------------------------------------------------
+# ---- sign-in --------------------------------------------------------------------------
 
 
 def sign_in_view(config: AnnotateConfig, conn: sqlite3.Connection) -> None:
@@ -227,7 +242,7 @@ def sign_in_view(config: AnnotateConfig, conn: sqlite3.Connection) -> None:
         return
     try:
         name = (
-            annotators.normalise_name(name)
+            annotators.sign_in_lead(conn, name)
             if role == session.LEAD
             else annotators.sign_in(conn, name)
         )
@@ -238,30 +253,6 @@ def sign_in_view(config: AnnotateConfig, conn: sqlite3.Connection) -> None:
     st.session_state.set_cookie = True
     st.session_state.pop("signed_out", None)
     st.rerun()
-
-
-def export_panel(config: AnnotateConfig, conn: sqlite3.Connection) -> None:
-    with st.expander("Export manifest"), st.form("export", enter_to_submit=False):
-        default = f"{Path(config.db).stem}_{time.strftime('%Y%m%d')}"
-        name = st.text_input(
-            "Name", value=default, help=f"a folder under {Path(config.export_dir).name}/"
-        )
-        policy = st.selectbox("Label policy", LABEL_POLICIES)
-        force = st.checkbox("Replace an existing export")
-        if not st.form_submit_button("Export"):
-            return
-    if not EXPORT_NAME.fullmatch(name):
-        st.sidebar.error("Use letters, digits, '.', '_' or '-' for the export name.")
-        return
-    try:
-        result = export.export_manifest(conn, Path(config.export_dir) / name, policy, force)
-    except HardoodError as exc:
-        st.sidebar.error(without_paths(str(exc)))
-        return
-    st.sidebar.success(
-        f"Exported {result.images} images ({result.no_foreground} no foreground) to "
-        f"{Path(config.export_dir).name}/{name}"
-    )
 
 
 main()

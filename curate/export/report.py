@@ -70,7 +70,15 @@ def format_report(result) -> str:
         + (f", {report.chosen.adjudicated} adjudicated" if report.chosen.adjudicated else "")
         + ")"
     ]
-    table = pd.DataFrame(
+    lines += policy_table(report).to_string(index=False).splitlines()
+    lines += [f"warning: {w}" for w in report.warnings]
+    return "\n".join(lines)
+
+
+def policy_table(report: ExportReport) -> pd.DataFrame:
+    """One row per label policy (the chosen one marked ``*``): rows per verdict, the ties, the
+    items short of the overlap and what the policy made of each, the items ``unsure`` blocked."""
+    return pd.DataFrame(
         [
             {
                 "policy": p.policy + (" *" if p.chosen else ""),
@@ -82,9 +90,6 @@ def format_report(result) -> str:
             for p in report.policies
         ]
     )
-    lines += table.to_string(index=False).splitlines()
-    lines += [f"warning: {w}" for w in report.warnings]
-    return "\n".join(lines)
 
 
 def _became(n: int, became: dict[str, int]) -> str:

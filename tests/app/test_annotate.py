@@ -39,6 +39,8 @@ def test_check_config_refuses_unsafe_or_broken_settings(db, tmp_path):
         (AnnotateConfig(db=db, dwell_seconds=-1), "--dwell-seconds"),
         (AnnotateConfig(db=db, guidelines=tmp_path / "none.md"), "--guidelines"),
         (AnnotateConfig(db=db, image_roots=(tmp_path / "nowhere",)), "--image-root"),
+        (AnnotateConfig(db=db, gold_share=1.0), "--gold-share"),
+        (AnnotateConfig(db=db, gold_share=-0.1), "--gold-share"),
     ]
     for config, message in cases:
         with pytest.raises((ValueError, FileNotFoundError), match=message):
@@ -51,7 +53,7 @@ def test_streamlit_command_is_headless_private_and_round_trips_the_config(db):
     guide.write_text("# Guide")
     config = AnnotateConfig(
         db=db, port=8600, overlap=2, grid_size=8, lease_seconds=60, dwell_seconds=0.5,
-        guidelines=guide, hide_scores=True, image_roots=(db.parent,),
+        guidelines=guide, hide_scores=True, image_roots=(db.parent,), gold_share=0.1,
     )  # fmt: skip
     command = streamlit_command(config)
     assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("streamlit_app.py")
@@ -70,6 +72,7 @@ def test_streamlit_command_is_headless_private_and_round_trips_the_config(db):
         db=db.resolve(), port=8600, overlap=2, grid_size=8, lease_seconds=60.0,
         export_dir=Path("data_manifests").resolve(), dwell_seconds=0.5,
         guidelines=guide.resolve(), hide_scores=True, image_roots=(db.parent.resolve(),),
+        gold_share=0.1,
     )  # fmt: skip
     open_config = AnnotateConfig(db=db, host="0.0.0.0", password_env="PW", lead_password_env="LEAD")
     open_command = streamlit_command(open_config)

@@ -95,10 +95,11 @@ def test_the_lead_signs_in_with_the_lead_password_and_holds_no_leases(monkeypatc
     sign_in(at, "Boss", "lead-secret")
     user = at.session_state["user"]
     assert user.name == "boss" and user.is_lead  # one spelling per annotator
-    assert list(at.radio(key="view").options) == ["Progress"]
+    assert list(at.radio(key="view").options) == ["Team", "Disagreements", "Progress", "Export"]
     assert not grid_shas(at)
     with store.connect(world.db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
+        assert [r[0] for r in conn.execute("SELECT name FROM leads")] == ["boss"]
     # without a team password, anyone else signs in as an annotator with an empty password
     ana = sign_in(open_app(monkeypatch, world.db, *args), "ana", "")
     assert not ana.session_state["user"].is_lead and grid_shas(ana) == world.shas[:12]
