@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.annotate.context import ViewContext, take_notices, without_paths
+from app.annotate.context import ViewContext, plain, take_notices, without_paths
 from app.annotate.launch import AnnotateConfig
 from curate import store
 from curate.export import build as export
@@ -40,8 +40,8 @@ def show_report(report: ExportReport) -> None:
         f"{report.votes} votes from {report.annotators} annotator(s), {report.gold_checks} gold "
         "check(s) (not votes)."
     )
-    for warning in report.warnings:
-        st.warning(warning)
+    for warning in report.warnings:  # may quote file names: shown literally
+        st.warning(plain(warning))
     if not report.warnings:
         st.write("No ties and no image short of the overlap under this policy.")
 
@@ -125,4 +125,4 @@ def sidebar_export(config: AnnotateConfig, conn: sqlite3.Connection) -> None:
         f"{Path(config.export_dir).name}/{name}"
     )
     for warning in result.report.warnings:
-        st.sidebar.warning(warning)
+        st.sidebar.warning(plain(warning))

@@ -162,7 +162,7 @@ def sidebar(
                 key="lead_hide_scores", on_change=switch_scores, args=(config,),
                 help="scores, reasons and CAMs; the model's guess can anchor a verdict",
             )  # fmt: skip
-        if user.is_lead or config.lead_password_env is None:
+        if not user.is_lead and config.lead_password_env is None:  # the lead has a view for it
             sidebar_export(config, conn)
         st.button("Sign out", key="sign_out", on_click=sign_out, args=(config, user))
     return view, with_cam, opacity

@@ -5,6 +5,7 @@ warnings, as ``hardood export`` prints them) and ``--gold-share``."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -43,7 +44,8 @@ def open_lead(monkeypatch, db, *args: str):
 
 
 def texts(elements) -> list[str]:
-    return [e.value for e in elements]
+    """The elements' text as the reader sees it (Markdown escapes undone)."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
 
 
 def test_team_shows_agreement_speed_gold_held_items_and_idle_annotators(monkeypatch, world):
