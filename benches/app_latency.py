@@ -13,7 +13,8 @@ Before each key press the previous run must be over and the page guards open (ev
 as for a person looking at the image. The app runs with ``--dwell-seconds 0`` here: the dwell
 delays when a key may be pressed, not how fast the next image comes, and a bench that waited a
 second per image would measure nothing more. Also saves a screenshot of each view (grid at
-1366x768, single with the CAM beside the image, progress) for the README.
+1366x768, single with the CAM beside the image, progress, and the lead's Team, Disagreements and
+Export) for the README.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from curate import store  # noqa: E402
-from curate.review import annotators, verdicts  # noqa: E402
+from curate.review import annotators, gold, verdicts  # noqa: E402
 from tests.app.browser_helpers import (  # noqa: E402
     GRID_READY_JS,
     SINGLE_READY_JS,
@@ -52,6 +53,7 @@ KEY_CLOCK_JS = (
     "window.addEventListener('keydown', () => { window.__keyAt = performance.now(); }, true);"
 )
 # elapsed ms since the last keydown, once `ready(old)` holds
+LEAD_ENV = "HARDOOD_BENCH_LEAD"
 SINCE_KEY_JS = "(old) => {{ const ready = {ready}; return ready(old) ? performance.now() - window.__keyAt : false; }}"
 
 
@@ -61,7 +63,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def simulate_team(db: Path, shas: list[str]) -> None:
-    """Two simulated annotators judge the same items (for the progress page's agreement)."""
+    """Two simulated annotators judge the same items (for the progress page's agreement and the
+    lead's disagreements); every seventh is gold, "no foreground" as every cue-only scene is."""
     flips = {"bo": lambda i: i % 5 == 0, "cy": lambda i: (i % 5 == 0) != (i % 12 == 0)}
     for name, flipped in flips.items():
         with store.connect(db) as conn:
@@ -70,7 +73,31 @@ def simulate_team(db: Path, shas: list[str]) -> None:
                 (sha, "contains_foreground" if flipped(i) else "no_foreground", 2.0 + i % 4)
                 for i, sha in enumerate(shas)
             ]
-            verdicts.record_verdicts(conn, name, given, source="simulated")
+            verdicts.record_verdicts(conn, name, given, source="simulated", k=2)
+    with store.connect(db) as conn:
+        gold.add_gold(conn, {sha: "no_foreground" for sha in shas[::7]}, source="truth")
+
+
+def lead_screenshots(page, url: str, folder: Path) -> None:
+    """Sign in as the lead and photograph Team, Disagreements and Export (after a check)."""
+    page.goto(url)
+    page.get_by_label("Your name").fill("lee")
+    page.get_by_role("textbox", name="Password").fill(os.environ[LEAD_ENV])
+    page.get_by_role("button", name="Sign in").click()
+    page.locator('[data-testid="stTableStyledTable"] tbody tr').first.wait_for()
+    wait_idle(page)
+    page.screenshot(path=folder / "lead_team.png")
+    choose_view(page, "Disagreements")
+    page.locator('[class*="st-key-adjudicate__"] button').first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('.hardood-single img').length === 2")
+    wait_idle(page)
+    page.screenshot(path=folder / "lead_disagreements.png")
+    choose_view(page, "Export")
+    page.get_by_role("button", name="Check (writes nothing)").click()
+    page.get_by_text("Checked: nothing was written.").wait_for()
+    wait_idle(page)
+    page.locator('[data-testid="stAlert"]').last.scroll_into_view_if_needed()  # the warnings
+    page.screenshot(path=folder / "lead_export.png")
 
 
 def measure_grid(page, pages: int) -> list[float]:
@@ -120,9 +147,11 @@ def main() -> int:
         world = build_review_store(tmp, args.items, size=(320, 240))
         simulate_team(world.db, world.shas[args.items // 2 :][:120])
         build_s = time.perf_counter() - start
+        os.environ.setdefault(LEAD_ENV, "bench-lead")  # the server inherits it
         with serve(
-            world.db, tmp / "server.log", export_dir=tmp / "exports", dwell_seconds=0.0
-        ) as url:
+            world.db, tmp / "server.log", export_dir=tmp / "exports", dwell_seconds=0.0,
+            lead_password_env=LEAD_ENV, overlap=2,
+        ) as url:  # fmt: skip
             with sync_playwright() as playwright:
                 browser = launch_chromium(playwright)
                 width, height = (int(v) for v in args.viewport.split("x"))
@@ -148,6 +177,8 @@ def main() -> int:
                 page.locator('[data-testid="stTableStyledTable"] tbody tr').first.wait_for()
                 wait_idle(page)
                 page.screenshot(path=args.screenshots / "progress.png")
+                lead = browser.new_page(viewport={"width": width, "height": height})
+                lead_screenshots(lead, url, args.screenshots)
                 browser.close()
     rows = [
         ("single: verdict key -> next image", single, "median < 150",

@@ -36,7 +36,8 @@ def show_report(report: ExportReport) -> None:
     """The policy table and the warnings, as ``hardood export`` prints them."""
     st.table(policy_table(report).set_index("policy"))
     st.caption(
-        f"* the chosen policy. Overlap {report.overlap}: an image with fewer votes is short. "
+        f"The chosen policy is marked with a star. Overlap {report.overlap}: an image with "
+        "fewer votes is short. "
         f"{report.votes} votes from {report.annotators} annotator(s), {report.gold_checks} gold "
         "check(s) (not votes)."
     )

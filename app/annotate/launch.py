@@ -183,8 +183,15 @@ def parse_app_args(argv: list[str]) -> AnnotateConfig:
 
 
 def launch(config: AnnotateConfig) -> int:
-    """Run the app in the foreground until Ctrl+C; returns Streamlit's exit status."""
+    """Record the team's overlap in the store, then run the app in the foreground until Ctrl+C;
+    returns Streamlit's exit status."""
     check_config(config)
+    # imported here so that `hardood annotate --help` stays light
+    from curate import store
+    from curate.review.leases import set_review_overlap
+
+    with store.connect(store.open_existing(config.db)) as conn:  # `hardood export` reads it
+        set_review_overlap(conn, config.overlap)
     root = str(Path(__file__).resolve().parents[2])  # so the script imports app, curate, wood_train
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))

@@ -15,6 +15,8 @@ from app.annotate import launch as annotate
 from app.annotate.images import fit, overlay_cam, render, zoom_factor
 from app.annotate.launch import AnnotateConfig, check_config, parse_app_args, streamlit_command
 from app.cli import parse_args
+from curate import store
+from curate.review.leases import review_overlap
 
 
 @pytest.fixture
@@ -92,6 +94,8 @@ def test_cli_runs_streamlit_with_the_package_importable(db, monkeypatch, capsys)
     args = parse_args(["annotate", "--db", str(db), "--port", "8700", "--overlap", "3"])
     assert args.func(args) == 0
     assert "--overlap" in seen["command"] and "3" in seen["command"]
+    with store.connect(db) as conn:  # recorded for `hardood export`
+        assert review_overlap(conn) == 3
     repo_root = str(Path(annotate.__file__).resolve().parents[2])
     assert seen["env"]["PYTHONPATH"].split(":")[0] == repo_root
     assert "http://127.0.0.1:8700" in capsys.readouterr().out
