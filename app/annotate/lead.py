@@ -4,7 +4,7 @@ decides, and may make the decision gold). Progress is the view annotators have t
 
 The lead holds no leases and gives no votes: every button records through the review API
 (``curate.review.adjudication``, ``curate.review.gold``) in its ``on_click`` callback, and each
-view reads the store afresh, so two leads (or a lead and a reload) never disagree.
+view reads the store afresh, so a reload or a second lead sees the same state.
 """
 
 from __future__ import annotations
