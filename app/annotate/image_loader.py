@@ -8,7 +8,6 @@ cannot be shown names the file relative to its root, never an absolute path.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import streamlit as st
 
 from app.annotate.images import Shown, render
-from curate.ingest.image_files import contained_file, image_locations
+from curate.ingest.image_files import first_verified, image_locations
 from curate.review import leases
 from wood_train.data.imageio import ImageDecodeError, decode_image
 
@@ -55,17 +54,11 @@ def read_verified(
             f"{PurePosixPath(locations[0][1]).name} lies outside the folders this app may show "
             "(--image-root)"
         )
-    changed = None
-    for root, relpath in permitted:
-        path = contained_file(root, relpath)
-        if path is None:
-            continue
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() == sha256:
-            return data, relpath
-        changed = relpath
-    if changed is not None:
-        raise CannotShow(f"{changed} changed on disk since it was mined")
+    data, location = first_verified(sha256, permitted)
+    if data is not None:
+        return data, location[1]
+    if location is not None:
+        raise CannotShow(f"{location[1]} changed on disk since it was mined")
     raise CannotShow(f"{permitted[0][1]} is missing (was the pool moved?)")
 
 

@@ -37,7 +37,7 @@ from wood_train.manifest.contract import (
     escape_cell,
 )
 from wood_train.manifest.validate import normalise_rows
-from wood_train.manifest.write import write_manifest
+from wood_train.manifest.write import swap_in_folder, write_manifest
 
 OOD_LIST_NAME = "ood_list.txt"
 EXPORT_FILES = (CSV_NAME, META_NAME, OOD_LIST_NAME)
@@ -104,16 +104,7 @@ def write_export(
         _write_safe_csv(built / CSV_NAME, rows)
         _write_text_synced(built / OOD_LIST_NAME, "".join(f"{line}\n" for line in lines))
         os.chmod(built, _folder_mode(staging))
-        if out_dir.exists():  # swap; put the old export back if the second rename fails
-            old = staging / "previous"
-            out_dir.rename(old)
-            try:
-                built.rename(out_dir)
-            except OSError:
-                old.rename(out_dir)
-                raise
-        else:
-            built.rename(out_dir)
+        swap_in_folder(built, out_dir, staging / "previous")  # staging's cleanup removes it
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir

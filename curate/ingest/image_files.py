@@ -161,9 +161,11 @@ def resolve_image_file(conn: sqlite3.Connection, sha256: str) -> Path:
     raise _not_found(conn, sha256, locations)
 
 
-def read_image_bytes(conn: sqlite3.Connection, sha256: str) -> tuple[bytes, Path]:
-    """The image's bytes and file: the first registered path whose bytes hash to ``sha256``."""
-    locations = image_locations(conn, sha256)
+def first_verified(
+    sha256: str, locations: list[tuple[str, str]]
+) -> tuple[bytes | None, tuple[str, str] | None]:
+    """The bytes and (root, relpath) of the first location whose file lies inside its root and
+    hashes to ``sha256``; else (None, the last location whose file exists but differs, or None)."""
     changed = None
     for root, relpath in locations:
         path = contained_file(root, relpath)
@@ -171,8 +173,18 @@ def read_image_bytes(conn: sqlite3.Connection, sha256: str) -> tuple[bytes, Path
             continue
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() == sha256:
-            return data, path
-        changed = path
-    if changed is not None:
+            return data, (root, relpath)
+        changed = (root, relpath)
+    return None, changed
+
+
+def read_image_bytes(conn: sqlite3.Connection, sha256: str) -> tuple[bytes, Path]:
+    """The image's bytes and file: the first registered path whose bytes hash to ``sha256``."""
+    locations = image_locations(conn, sha256)
+    data, location = first_verified(sha256, locations)
+    if data is not None:
+        return data, Path(location[0]) / location[1]
+    if location is not None:
+        changed = Path(location[0]) / location[1]
         raise DataError(f"{changed}: file content changed since it was mined (sha256 differs)")
     raise _not_found(conn, sha256, locations)

@@ -106,18 +106,26 @@ def write_manifest(
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        if out_dir.exists():  # swap folders; put the old one back if the second rename fails
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            try:
-                tmp.rename(out_dir)
-            except OSError:
-                old.rename(out_dir)
-                raise
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        if swap_in_folder(tmp, out_dir, old):
             shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
+
+
+def swap_in_folder(built: Path, out_dir: Path, old: Path) -> bool:
+    """Rename ``built`` to ``out_dir``. An existing ``out_dir`` is first moved to ``old`` and put
+    back if the second rename fails, so a reader sees the old folder or the new one, never
+    neither. Returns True when an old folder was moved aside (the caller deletes ``old``)."""
+    if not out_dir.exists():
+        built.rename(out_dir)
+        return False
+    out_dir.rename(old)
+    try:
+        built.rename(out_dir)
+    except OSError:
+        old.rename(out_dir)
+        raise
+    return True
