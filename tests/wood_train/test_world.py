@@ -16,6 +16,7 @@ from wood_train.data.imageio import read_image, read_label_png
 from wood_train.errors import OutputExistsError
 from wood_train.world.config import POOL_KINDS, WORLD_PRESETS, WorldConfig, world_paths
 from wood_train.world.generate import generate_world, read_world_info
+from wood_train.world.properties import auroc, meets, pool_mix, ranking_properties
 from wood_train.world.scenes import render_sample
 from wood_train.world.truth import read_pool_truth
 
@@ -65,7 +66,6 @@ def test_layout_is_readable_by_voc_and_labels_match_masks(tiny_world):
             [voc.labels_from_mask(read_label_png(voc.mask_path(voc_root, i)), 4) for i in ids]
         )
         np.testing.assert_array_equal(from_npy, from_masks)
-        assert from_npy.sum(1).min() >= 1  # every image holds an object
         assert read_image(voc.image_path(voc_root, ids[0])).shape == (32, 32, 3)
 
 
@@ -79,12 +79,22 @@ def test_cue_never_without_object_and_never_on_object(tiny_world):
             objects = set(np.unique(s)) - {0, 255}
             assert set(np.unique(c)) - {0} <= objects
             # VOC-style edge: every object has an ignore band and keeps an interior
-            assert (s == 255).any() and all((s == k).any() for k in objects)
+            assert (s == 255).any() == bool(objects) and all((s == k).any() for k in objects)
+
+
+def test_background_only_scenes_hold_no_class_no_cue_and_are_a_minority():
+    config = replace(WORLD_PRESETS["default"], seed=5)
+    scenes = [render_sample(config, "train", i) for i in range(300)]
+    empty = [s for s in scenes if not s.objects]
+    assert 0.08 <= len(empty) / len(scenes) <= 0.22  # p_background 0.15
+    assert all(not s.cues and not s.cue_mask.any() and not s.class_mask.any() for s in empty)
+    none = replace(config, p_background=0.0)
+    assert all(render_sample(none, "train", i).objects for i in range(100))
 
 
 def test_p_cue_edge_cases():
-    always = replace(TINY, p_cue=1.0)
-    never = replace(TINY, p_cue=0.0)
+    always = replace(TINY, p_cue=1.0, p_background=0.0)
+    never = replace(TINY, p_cue=0.0, p_background=0.0)
     for index in range(TINY.n_train):
         with_cue, without = (
             render_sample(always, "train", index),
@@ -96,7 +106,7 @@ def test_p_cue_edge_cases():
 
 
 def test_cues_cover_a_large_area_and_objects_are_sizeable():
-    config = replace(TINY, p_cue=1.0, p_two_objects=0.0)
+    config = replace(TINY, p_cue=1.0, p_two_objects=0.0, p_background=0.0)
     for index in range(12):
         scene = render_sample(config, "train", index)
         cue_area = (scene.cue_mask > 0).mean() + (scene.class_mask > 0).mean()
@@ -201,7 +211,7 @@ def test_six_classes_and_one_class_worlds_render():
         seen |= set(scene.objects)
         assert set(np.unique(scene.cue_mask)) - {0} == {k + 1 for k in scene.cues}
     assert seen == set(range(6))
-    one = replace(TINY, num_classes=1, p_two_objects=1.0)
+    one = replace(TINY, num_classes=1, p_two_objects=1.0, p_background=0.0)
     assert all(render_sample(one, "train", i).objects == (0,) for i in range(5))
 
 
@@ -218,3 +228,76 @@ def test_cli_parses_preset_and_overrides(tmp_path, capsys):
     assert len(voc.read_split(tmp_path / "w" / "VOC2012", "train")) == 10
     args.force = False
     assert args.func(args) == 0 and "reused" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_default_pool_mix_holds_on_other_seeds(seed, tmp_path):
+    """The default pool's mix, checked on generated files (no training needed): hard OoDs a
+    minority, contamination 15-25%, easy OoDs the rest, near-duplicates close to their source."""
+    config = replace(WORLD_PRESETS["default"], seed=seed, n_train=30, n_val=10)
+    root = generate_world(config, tmp_path / "w").root
+    truth = read_pool_truth(root)
+    mix = pool_mix(truth)
+    assert mix["hard_share"] <= 0.15 and 0.15 <= mix["contaminated_share"] <= 0.25
+    assert mix["easy_share"] >= 0.5
+    assert abs(mix["duplicate_share"] - config.n_pool_duplicates / len(truth)) < 1e-9
+    pool_dir = world_paths(root).pool_dir
+    originals = truth[truth["duplicate_of"] == ""]
+    for kind, has_cue, has_object in (
+        ("hard_ood", True, False),
+        ("easy_ood", False, False),
+        ("contaminated", None, True),
+    ):
+        rows = originals[originals["kind"] == kind]
+        assert (rows["objects"] != "").all() == has_object and (
+            rows["objects"] != ""
+        ).any() == has_object
+        if has_cue is not None:
+            assert (rows["cues"] != "").all() == has_cue
+    # every class has hard OoDs (its cue alone) and contaminated images, so none is left out
+    for name in config.class_names:
+        assert originals[originals.kind == "hard_ood"].cues.str.contains(name).any()
+        assert originals[originals.kind == "contaminated"].objects.str.contains(name).any()
+    duplicates = truth[truth["duplicate_of"] != ""].head(20)
+    for name, source in zip(duplicates["file"], duplicates["duplicate_of"]):
+        gap = np.abs(_thumb(pool_dir / name) - _thumb(pool_dir / source)).mean()
+        assert gap < 12.0, (name, source, gap)  # 0-255 scale: a re-encode, resize or crop
+
+
+def test_contaminated_objects_are_smaller_than_training_objects():
+    config = replace(WORLD_PRESETS["default"], seed=3, p_two_objects=0.0, p_background=0.0)
+    area = {
+        stream: np.mean(
+            [(render_sample(config, stream, i).class_mask > 0).mean() for i in range(60)]
+        )
+        for stream in ("train", "contaminated")
+    }
+    assert area["contaminated"] < 0.7 * area["train"]
+
+
+def test_auroc_counts_ties_half_and_matches_a_pairwise_count():
+    assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auroc([0.1], [0.9]) == 0.0
+    assert auroc([0.5, 0.5], [0.5]) == 0.5
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 10, 40) / 10, rng.integers(0, 10, 50) / 10
+    pairwise = ((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])).mean()
+    assert auroc(pos, neg) == pytest.approx(pairwise)
+
+
+def test_ranking_properties_find_a_default_class():
+    names = ["train", "boat", "aeroplane"]
+    kinds = np.array(["hard_ood"] * 2 + ["easy_ood"] * 5 + ["contaminated"])
+    probs = np.array(
+        [[0.95, 0.1, 0.1], [0.1, 0.9, 0.2]]  # hard: cue classes
+        + [[0.1, 0.1, 0.3]] * 4
+        + [[0.2, 0.1, 0.1]]  # easy: four of five vote aeroplane
+        + [[0.99, 0.1, 0.1]]
+    )
+    found = ranking_properties(probs, kinds, names)
+    assert found["hardness_auroc"] == 1.0
+    assert found["easy_median_top_prob"] == pytest.approx(0.3)
+    assert found["easy_top_vote_share"] == pytest.approx(0.8)
+    assert found["easy_top_vote_class"] == "aeroplane"
+    assert not meets("easy_top_vote_share", found["easy_top_vote_share"])
+    assert meets("contaminated_share", 0.2) and not meets("contaminated_share", 0.26)

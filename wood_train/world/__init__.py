@@ -4,7 +4,36 @@ Each foreground class has an object and a large context cue it stands on (train 
 water, aeroplane in sky, sheep on grass, car on road, bird in foliage). In train/val a cue never
 appears without its object, so a classifier trained on image labels learns the cue and its CAMs
 spill onto it. The unlabelled pool holds what curation must sort out: hard OoDs (cues, no object),
-easy OoDs (clutter only), contamination (images with objects) and near-duplicates::
+easy OoDs (clutter only), contamination (images with objects) and near-duplicates.
+
+Generator version 2 makes the pool behave like a real candidate pool (OpenImages scored by a VOC
+classifier): most images score low, the few that score high are the ones worth a verdict, and the
+cue problem stays. Each choice mirrors a property of real data
+(``benches/world_properties.py`` measures the result on any seed):
+
+- **Six classes, two with a cue above them** (sky, foliage) and four below. With four classes
+  and one sky class, "no cue below" meant aeroplane, and every clutter image voted aeroplane.
+  Real label sets are large enough that no class is the answer by elimination.
+- **Background-only scenes** (``p_background``, 15% of train/val): clutter and ground, label all
+  zero. Real photo collections hold many scenes with none of the C classes, and a real classifier
+  has seen the same walls, fields and streets around every class and without any, so they carry
+  no class evidence. Without them the classifier had never seen an image that is no class, and
+  scored clutter near 1.
+- **Clutter in every image** (base tone, distractor textures and shapes, some as bands), so its
+  textures and band geometry appear with every class and without any: no class evidence.
+- **A ground under the sky classes** (``p_ground``): a band of a clutter texture where a scene's
+  bottom holds no cue (aeroplane and bird, a missing cue, background-only scenes). Real planes
+  fly over fields and towns; a bare lower half must not say "a sky class".
+- **The cue still never appears without its object in train/val** (``p_cue`` 0.9 of objects
+  have theirs), so the classifier learns the cue, its CAMs spill onto it (the spurious-activation
+  rate stays high) and a cue alone (a hard OoD) fools it, as rails alone fool a VOC "train".
+- **A realistic pool mix**: hard OoDs are a minority (150 of 1,200 files), contamination (images
+  with objects that tags missed) is about a fifth, easy OoDs are the rest, plus near-duplicates.
+  Contaminated images hold small objects (``contaminated_object_size``): the objects tags miss are
+  the small and peripheral ones, and they score about as high as a cue, so the annotators' check
+  is needed.
+
+The layout on disk::
 
     OUT/world.yaml                            resolved config, provenance, names, counts
     OUT/VOC2012/JPEGImages/<id>.jpg           ids "w_000000", ...
@@ -17,7 +46,8 @@ easy OoDs (clutter only), contamination (images with objects) and near-duplicate
 
 Rooms: ``config`` (WorldConfig and presets), ``draw`` (shapes, cues, objects, scenes),
 ``scenes`` (what each stream draws, near-duplicates), ``generate`` (writing a world, the
-``hardood world`` command) and ``truth`` (reading the pool's truth; evaluation only).
+``hardood world`` command), ``truth`` (reading the pool's truth; evaluation only) and
+``properties`` (the pool's measurable properties, for the tests and the bench).
 
 ``generate_world`` is deterministic: each image draws from its own generator seeded by
 (seed, stream, index), so every file except world.yaml's provenance is byte-identical across runs.

@@ -10,7 +10,7 @@ from wood_train.errors import ConfigError
 from wood_train.world.draw import CLASS_NAMES, CUE_NAMES
 
 # bump when drawing changes, so an old world on disk is not mistaken for the current one
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 POOL_KINDS = ("hard_ood", "easy_ood", "contaminated")
 TRUTH_COLUMNS = ("file", "kind", "cues", "objects", "duplicate_of", "transform")
 
@@ -22,22 +22,33 @@ class WorldConfig:
     seed: int = config_field(0, "seed of every random choice")
     image_size: int = config_field(64, "image side in pixels (square images)")
     num_classes: int = config_field(
-        4, f"foreground classes, the first C of {', '.join(CLASS_NAMES)}"
+        6, f"foreground classes, the first C of {', '.join(CLASS_NAMES)}"
     )
     p_cue: float = config_field(0.9, "probability that an object's context cue is drawn with it")
     p_two_objects: float = config_field(
         0.2, "probability of two classes (or two cues) in one image"
     )
+    p_background: float = config_field(
+        0.15, "share of train/val images that hold no class (clutter and ground only)"
+    )
+    p_ground: float = config_field(
+        0.8, "probability of a ground band where the bottom of a scene holds no cue"
+    )
     n_train: int = config_field(800, "training images")
     n_val: int = config_field(200, "validation images")
-    n_pool_hard: int = config_field(300, "pool: hard OoDs (one or two cues, no object)")
-    n_pool_easy: int = config_field(600, "pool: easy OoDs (clutter and distractor textures only)")
+    n_pool_hard: int = config_field(150, "pool: hard OoDs (one or two cues, no object)")
+    n_pool_easy: int = config_field(
+        720, "pool: easy OoDs (clutter, ground and distractor textures only)"
+    )
     n_pool_contaminated: int = config_field(
-        200, "pool: images drawn like training images (with objects)"
+        230, "pool: images with objects (small ones, as untagged objects tend to be)"
     )
     n_pool_duplicates: int = config_field(100, "pool: extra near-duplicates of other pool images")
     object_size: tuple[float, float] = config_field(
         (0.35, 0.5), "object width range, fraction of side"
+    )
+    contaminated_object_size: tuple[float, float] = config_field(
+        (0.2, 0.35), "object width range in contaminated pool images"
     )
     cue_extent: tuple[float, float] = config_field(
         (0.3, 0.5), "cue band height range, fraction of side"
@@ -52,7 +63,7 @@ class WorldConfig:
             problems.append(f"num_classes must be 1..{len(CLASS_NAMES)}, got {self.num_classes}")
         if self.image_size < 24:
             problems.append(f"image_size must be at least 24, got {self.image_size}")
-        for name in ("p_cue", "p_two_objects"):
+        for name in ("p_cue", "p_two_objects", "p_background", "p_ground"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("n_train", "n_val"):
@@ -63,7 +74,7 @@ class WorldConfig:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
         if self.n_pool_duplicates and not self.n_pool_originals:
             problems.append("n_pool_duplicates needs at least one other pool image to copy")
-        for name in ("object_size", "cue_extent"):
+        for name in ("object_size", "contaminated_object_size", "cue_extent"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
                 problems.append(f"{name} must be two fractions 0 < lo <= hi <= 1, got {lo_hi}")
@@ -87,8 +98,10 @@ class WorldConfig:
 
 WORLD_PRESETS = {
     "default": WorldConfig(),
+    # tests only: four classes and a pool with every kind, small enough for seconds-long runs
     "tiny": WorldConfig(
         image_size=32,
+        num_classes=4,
         n_train=24,
         n_val=12,
         n_pool_hard=12,

@@ -130,6 +130,12 @@ def dots(c: Canvas, rng: np.random.Generator) -> np.ndarray:
 DISTRACTOR_TEXTURES = (bricks, sand, stripes, checker, dots)
 
 
+def draw_ground(c: Canvas, rng: np.random.Generator, x0: float, x1: float, height: float) -> None:
+    """A band of one clutter texture along the bottom of x0..x1: pavement, sand, a field."""
+    texture = DISTRACTOR_TEXTURES[int(rng.integers(len(DISTRACTOR_TEXTURES)))](c, rng)
+    c.paint(box(c, c.size - height, x0, c.size, x1), texture)
+
+
 def draw_clutter(c: Canvas, rng: np.random.Generator) -> None:
     """Neutral base tone with noise, one or two distractor textures, a few distractor shapes."""
     size = c.size
@@ -382,6 +388,7 @@ class SceneStyle:
     cue_extent: tuple[float, float] = (0.3, 0.5)  # cue band height, fraction of the image side
     pixel_noise: float = 0.03
     brightness_jitter: float = 0.15
+    p_ground: float = 0.0  # chance of a ground band under a span whose bottom holds no cue
 
 
 @dataclass
@@ -416,6 +423,12 @@ def draw_scene(rng: np.random.Generator, size: int, slots: list[Slot], style: Sc
         if len(slots) == 2
         else [0.0, float(size)]
     )
+    # a ground under every span whose bottom holds no cue (a sky class, or no class at all):
+    # clutter textures as bands, so the lower half of an image says nothing about its class
+    bottoms = [CUE_SIDES[s.class_index] == "bottom" and s.with_cue for s in slots] or [False]
+    for i, taken in enumerate(bottoms):
+        if not taken and rng.random() < style.p_ground:
+            draw_ground(c, rng, edges[i], edges[i + 1], size * rng.uniform(*style.cue_extent))
     layouts = []
     for i, slot in enumerate(slots):
         k, (x0, x1) = slot.class_index, edges[i : i + 2]

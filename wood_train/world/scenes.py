@@ -25,7 +25,10 @@ def render_sample(config: WorldConfig, stream: str, index: int) -> Scene:
         raise ValueError(f"unknown world stream {stream!r}; choose one of {sorted(STREAM_CODES)}")
     rng = np.random.default_rng([config.seed, STREAM_CODES[stream], index])
     slots: list[Slot] = []
-    if stream != "easy_ood":
+    background_only = stream == "easy_ood" or (
+        stream in ("train", "val") and rng.random() < config.p_background
+    )
+    if not background_only:
         two = config.num_classes >= 2 and rng.random() < config.p_two_objects
         classes = rng.choice(config.num_classes, 2 if two else 1, replace=False)
         for k in classes:
@@ -35,8 +38,15 @@ def render_sample(config: WorldConfig, stream: str, index: int) -> Scene:
                 slots.append(
                     Slot(int(k), with_object=True, with_cue=bool(rng.random() < config.p_cue))
                 )
+    object_size = (
+        config.contaminated_object_size if stream == "contaminated" else config.object_size
+    )
     style = SceneStyle(
-        config.object_size, config.cue_extent, config.pixel_noise, config.brightness_jitter
+        object_size,
+        config.cue_extent,
+        config.pixel_noise,
+        config.brightness_jitter,
+        config.p_ground,
     )
     return draw_scene(rng, config.image_size, slots, style)
 
