@@ -29,8 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wood_train import config as cfg  # noqa: E402
+from wood_train.cam.config import CamConfig  # noqa: E402
 from wood_train.cam.evaluate import evaluate_cams  # noqa: E402
-from wood_train.cam.make import CamConfig, make_cams  # noqa: E402
+from wood_train.cam.make import make_cams  # noqa: E402
 from wood_train.cam.metrics import multilabel_average_precision  # noqa: E402
 from wood_train.data.imageio import read_image  # noqa: E402
 from wood_train.data.transforms import normalize_image  # noqa: E402
