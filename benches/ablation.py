@@ -50,7 +50,7 @@ from wood_train.model.checkpoint import read_checkpoint  # noqa: E402
 from wood_train.train import train  # noqa: E402
 from wood_train.train_config import PRESETS  # noqa: E402
 from wood_train.world.config import WORLD_PRESETS  # noqa: E402
-from wood_train.world.generate import generate_world  # noqa: E402
+from wood_train.world.generate import generate_world, world_hash  # noqa: E402
 from wood_train.world.truth import read_pool_truth  # noqa: E402
 
 ARMS = {
@@ -157,12 +157,12 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    ws = args.workspace / f"world-seed{args.world_seed}"
+    world_config = cfg.replace(WORLD_PRESETS["default"], seed=args.world_seed)
+    # one folder per world (config and generator version): a changed world never meets stale runs
+    ws = args.workspace / f"world-seed{args.world_seed}-{world_hash(world_config)}"
     ws.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    world = generate_world(
-        cfg.replace(WORLD_PRESETS["default"], seed=args.world_seed), ws / "world"
-    )
+    world = generate_world(world_config, ws / "world")
     base_cfg = cfg.replace(PRESETS["world"], voc_root=world.voc_root, out_dir=ws / "baseline",
                            val_split=None)  # fmt: skip
     baseline = args.baseline or train(base_cfg).checkpoint

@@ -41,7 +41,7 @@ from wood_train.progress import progress  # noqa: E402
 from wood_train.train import train  # noqa: E402
 from wood_train.train_config import PRESETS  # noqa: E402
 from wood_train.world.config import WORLD_PRESETS  # noqa: E402
-from wood_train.world.generate import generate_world  # noqa: E402
+from wood_train.world.generate import generate_world, world_hash  # noqa: E402
 from wood_train.world.properties import TARGETS, meets, pool_mix, ranking_properties  # noqa: E402
 from wood_train.world.truth import read_pool_truth  # noqa: E402
 
@@ -97,8 +97,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     started = time.time()
-    work = args.workspace / f"{args.preset}-seed{args.seed}"
-    world = generate_world(cfg.replace(WORLD_PRESETS[args.preset], seed=args.seed), work / "world")
+    world_config = cfg.replace(WORLD_PRESETS[args.preset], seed=args.seed)
+    # one folder per world (config and generator version): a changed world never meets stale runs
+    work = args.workspace / f"{args.preset}-seed{args.seed}-{world_hash(world_config)}"
+    world = generate_world(world_config, work / "world")
     checkpoint = args.checkpoint
     if checkpoint is None:
         config = cfg.replace(PRESETS["world"], voc_root=world.voc_root, val_split=None,

@@ -61,7 +61,7 @@ def _write_world(config: WorldConfig, root: Path) -> None:
     save_config(
         config,
         root / "world.yaml",
-        world_hash=_world_hash(config),
+        world_hash=world_hash(config),
         class_names=config.class_names,
         cue_names=config.cue_names,
         counts=counts,
@@ -129,7 +129,8 @@ def _pool_counts(config: WorldConfig) -> tuple[int, int, int]:
     return config.n_pool_hard, config.n_pool_easy, config.n_pool_contaminated
 
 
-def _world_hash(config: WorldConfig) -> str:
+def world_hash(config: WorldConfig) -> str:
+    """What identifies a world: its config's hash and the generator version that draws it."""
     return f"{config_hash(config)}-v{GENERATOR_VERSION}"
 
 
@@ -162,7 +163,7 @@ def _existing_world_hash(root: Path) -> str | None:
 def find_world(out_dir: str | Path, config: WorldConfig) -> WorldPaths | None:
     """The paths of the world ``config`` describes if ``out_dir`` already holds it complete."""
     out_dir = Path(out_dir)
-    return world_paths(out_dir) if _existing_world_hash(out_dir) == _world_hash(config) else None
+    return world_paths(out_dir) if _existing_world_hash(out_dir) == world_hash(config) else None
 
 
 def generate_world(config: WorldConfig, out_dir: str | Path, force: bool = False) -> WorldPaths:
@@ -219,7 +220,7 @@ def _check_replaceable(out_dir: Path, config: WorldConfig, force: bool) -> None:
     if not force:
         held = _existing_world_hash(out_dir) or "an incomplete world"
         raise OutputExistsError(
-            f"{out_dir}: holds a different world ({held}, wanted {_world_hash(config)}); "
+            f"{out_dir}: holds a different world ({held}, wanted {world_hash(config)}); "
             "pass --force (force=True) to replace it, or choose another folder"
         )
 
