@@ -27,6 +27,9 @@ cue problem stays. Each choice mirrors a property of real data
 - **The cue still never appears without its object in train/val** (``p_cue`` 0.9 of objects
   have theirs), so the classifier learns the cue, its CAMs spill onto it (the spurious-activation
   rate stays high) and a cue alone (a hard OoD) fools it, as rails alone fool a VOC "train".
+- **Hard OoDs show their cue at any size** (``hard_cue_extent``), from a strip of rails to a
+  whole field: in a real pool some cue-only images fool the classifier completely and others
+  only a little, so their scores spread instead of all reading 1.00.
 - **A realistic pool mix**: hard OoDs are a minority (150 of 1,200 files), contamination (images
   with objects that tags missed) is about a fifth, easy OoDs are the rest, plus near-duplicates.
   Contaminated images hold small objects (``contaminated_object_size``): the objects tags miss are

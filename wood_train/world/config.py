@@ -53,6 +53,9 @@ class WorldConfig:
     cue_extent: tuple[float, float] = config_field(
         (0.3, 0.5), "cue band height range, fraction of side"
     )
+    hard_cue_extent: tuple[float, float] = config_field(
+        (0.1, 0.5), "cue band height range in hard OoDs: a strip of rails or a whole field"
+    )
     pixel_noise: float = config_field(0.03, "std of Gaussian pixel noise (intensities in [0, 1])")
     brightness_jitter: float = config_field(0.15, "brightness scaled by 1 +- this, per image")
     jpeg_quality: int = config_field(95, "JPEG quality of written images")
@@ -74,7 +77,7 @@ class WorldConfig:
                 problems.append(f"{name} must not be negative, got {getattr(self, name)}")
         if self.n_pool_duplicates and not self.n_pool_originals:
             problems.append("n_pool_duplicates needs at least one other pool image to copy")
-        for name in ("object_size", "contaminated_object_size", "cue_extent"):
+        for name in ("object_size", "contaminated_object_size", "cue_extent", "hard_cue_extent"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0:
                 problems.append(f"{name} must be two fractions 0 < lo <= hi <= 1, got {lo_hi}")

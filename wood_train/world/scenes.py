@@ -41,9 +41,10 @@ def render_sample(config: WorldConfig, stream: str, index: int) -> Scene:
     object_size = (
         config.contaminated_object_size if stream == "contaminated" else config.object_size
     )
+    cue_extent = config.hard_cue_extent if stream == "hard_ood" else config.cue_extent
     style = SceneStyle(
         object_size,
-        config.cue_extent,
+        cue_extent,
         config.pixel_noise,
         config.brightness_jitter,
         config.p_ground,
