@@ -118,6 +118,9 @@ class MineConfig:
         False, "also queue nearest neighbours of confirmed hard OoDs"
     )
     expand_k: int = config_field(5, "neighbours per confirmed hard OoD with --expand-from-verdicts")
+    expand_min_similarity: float = config_field(
+        0.9, "cosine similarity a neighbour needs to a confirmed hard OoD to be expanded"
+    )
     seed: int = config_field(0, "seed of the K-means clustering")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -301,14 +301,18 @@ def _open_candidates(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
 
 
 def expand_from_verdicts(
-    conn: sqlite3.Connection, k: int = 10, embedder: str = DEFAULT_EMBEDDER
+    conn: sqlite3.Connection,
+    k: int = 10,
+    embedder: str = DEFAULT_EMBEDDER,
+    among: Collection[str] | None = None,
 ) -> pd.DataFrame:
     """Up to ``k`` nearest open neighbours of each image confirmed as a hard OoD.
 
     Seeds are images whose latest verdict (not undone) is ``no_foreground``. A neighbour is open
     when it has no verdict, is not in the queue, has status ok and is not a non-representative
-    member of a near-duplicate group. A neighbour of several seeds is listed once, with the seed
-    it is most similar to.
+    member of a near-duplicate group; with ``among``, it must also be one of those sha256s (the
+    queue passes its eligible candidates, so the k found are all usable). A neighbour of several
+    seeds is listed once, with the seed it is most similar to.
 
     Returns
     -------
@@ -323,7 +327,10 @@ def expand_from_verdicts(
         keys, vectors, _ = _load_vectors(conn, embedder)
         position = {key: i for i, key in enumerate(keys)}
         seed_rows = sorted(position[s] for s in seeds if s in position)
-        is_open = np.array([key not in blocked for key in keys], dtype=bool)
+        allowed = None if among is None else set(among)
+        is_open = np.array(
+            [key not in blocked and (allowed is None or key in allowed) for key in keys], dtype=bool
+        )
         best: dict[int, tuple[float, int]] = {}  # neighbour row -> (similarity, seed row)
         if seed_rows and is_open.any():
             for seed, row, sim in _nearest_open(vectors, seed_rows, is_open, k):

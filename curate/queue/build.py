@@ -43,6 +43,7 @@ class QueueSettings:
     clip_fg_weight: float = 0.0
     expand_from_verdicts: bool = False
     expand_k: int = 5
+    expand_min_similarity: float = 0.9
     seed: int = 0
 
 
@@ -117,7 +118,10 @@ def build_queue(
     """Rebuild the review queue from stored scores and embeddings; returns it as a DataFrame.
 
     Verdicts and leases are never touched. A group with any reviewed member stays out of the
-    queue, so one verdict covers its near duplicates.
+    queue, so one verdict covers its near duplicates. With ``expand_from_verdicts``, unseen
+    neighbours of confirmed hard OoDs that pass ``min_hardness`` and ``expand_min_similarity``
+    are ranked by the same rule as every other candidate and keep their place even past
+    ``queue_size``; their reason names the confirmed image they resemble.
 
     Returns
     -------
@@ -156,12 +160,11 @@ def build_queue(
         (candidates["sha256"] == candidates["representative"])
         & ~candidates["representative"].isin(reviewed_groups)
     ]
-    expanded = pd.DataFrame()
-    if settings.expand_from_verdicts:
-        expanded = _expansion(conn, embedder, settings.expand_k, open_reps)
-        expanded = expanded.head(settings.queue_size)
     eligible = open_reps[open_reps["hardness_score"] >= settings.min_hardness]
-    eligible = eligible[~eligible["sha256"].isin(expanded.get("sha256", []))]
+    neighbours = pd.DataFrame(columns=["sha256", "similarity", "expanded_from"])
+    if settings.expand_from_verdicts:
+        neighbours = _expansion(conn, embedder, settings.expand_k, eligible)
+        neighbours = neighbours[neighbours["similarity"] >= settings.expand_min_similarity]
     if len(eligible):
         positions = candidates.index.get_indexer(eligible.index)
         clusters = cluster_within_classes(
@@ -174,16 +177,20 @@ def build_queue(
         eligible = eligible.assign(cluster=np.asarray(clusters))
     else:
         eligible = eligible.assign(cluster=pd.Series(dtype=int))
-    room = max(0, settings.queue_size - len(expanded))
+    found = neighbours.set_index("sha256")
+    eligible = eligible.assign(
+        expanded_from=eligible["sha256"].map(found["expanded_from"]),
+        similarity=eligible["sha256"].map(found["similarity"]),
+    )
     ranked = order_candidates(
         eligible,
-        room,
+        settings.queue_size,
         settings.hardness_tier,
         settings.max_class_share,
         settings.clip_fg_weight,
+        always_keep=set(found.index),
     )
-    queue = _with_reasons(pd.concat([expanded, ranked], ignore_index=True), class_names)
-    queue["rank"] = np.arange(1, len(queue) + 1)
+    queue = _with_reasons(ranked, class_names)
     with store.transaction(conn, immediate=True):
         _write_dup_groups(conn, groups)
         conn.execute("DELETE FROM queue")
@@ -226,12 +233,12 @@ def _with_reasons(queue: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
     queue["class_name"] = [store.class_name(class_names, c) for c in queue["top_class"]]
     reasons = []
     for r in queue.itertuples(index=False):
+        text = reason_text(r.class_name, r.hardness_score, _int(r.cluster), _int(r.n_clusters),
+                           r.group_size, r.clip_fg_score, bool(r.over_quota))  # fmt: skip
         if isinstance(r.expanded_from, str):
-            text = f"like confirmed hard OoD {r.expanded_from[:8]} (cos {r.similarity:.2f})"
-            text += " · " + reason_text(r.class_name, r.hardness_score, group_size=r.group_size)
-        else:
-            text = reason_text(r.class_name, r.hardness_score, _int(r.cluster), _int(r.n_clusters),
-                               r.group_size, r.clip_fg_score, bool(r.over_quota))  # fmt: skip
+            text = (
+                f"like confirmed hard OoD {r.expanded_from[:8]} (cos {r.similarity:.2f}) · {text}"
+            )
         reasons.append(text)
     queue["reason"] = reasons
     return queue
@@ -241,22 +248,18 @@ def _int(value) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
 
-def _expansion(conn, embedder: str, k: int, open_reps: pd.DataFrame) -> pd.DataFrame:
-    """Open representatives among the nearest unseen neighbours of confirmed hard OoDs.
+def _expansion(conn, embedder: str, k: int, eligible: pd.DataFrame) -> pd.DataFrame:
+    """The nearest unseen eligible candidates of each confirmed hard OoD:
+    ``sha256, similarity, expanded_from``.
 
     ``curate.neighbours.similar.expand_from_verdicts`` runs before the queue is replaced, so "unseen" means
     not reviewed and not in the previous queue.
     """
     from curate.neighbours.similar import expand_from_verdicts
 
-    found = expand_from_verdicts(conn, k=k, embedder=embedder)
-    if found.empty:
-        return pd.DataFrame()
-    found = found[["sha256", "similarity", "seed_sha256"]].rename(
-        columns={"seed_sha256": "expanded_from"}
-    )
-    picked = open_reps.merge(found, on="sha256")
-    return picked.sort_values(["similarity", "sha256"], ascending=[False, True])
+    found = expand_from_verdicts(conn, k=k, embedder=embedder, among=eligible["sha256"])
+    found = found[["sha256", "similarity", "seed_sha256"]]
+    return found.rename(columns={"seed_sha256": "expanded_from"})
 
 
 # ---- reading the queue back -------------------------------------------------------------------

@@ -19,6 +19,7 @@ so the rule can be read and tested without a store:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 import pandas as pd
@@ -61,6 +62,7 @@ def order_candidates(
     hardness_tier: float = 1.0,
     max_class_share: float = 0.5,
     clip_fg_weight: float = 0.0,
+    always_keep: Collection[str] = (),
 ) -> pd.DataFrame:
     """Order and cut candidates into the queue; adds ``rank`` (1-based), ``rank_key``, ``tier``,
     ``over_quota``.
@@ -71,7 +73,10 @@ def order_candidates(
         Columns ``sha256``, ``top_class``, ``hardness_score``, ``cluster`` (any ids, per class),
         optionally ``clip_fg_score``.
     queue_size
-        Places in the queue; the rest are dropped.
+        Places in the queue; the rest are dropped, except ``always_keep``.
+    always_keep
+        sha256s kept even past ``queue_size``, at the place the same order gives them (the
+        neighbours of confirmed hard OoDs with ``--expand-from-verdicts``).
 
     Examples
     --------
@@ -103,7 +108,9 @@ def order_candidates(
             first.append(index)
         else:
             deferred.append(index)
-    ordered = frame.loc[first + deferred].head(queue_size).drop(columns="_tie")
+    ordered = frame.loc[first + deferred]
+    kept = (np.arange(len(ordered)) < queue_size) | ordered["sha256"].isin(set(always_keep))
+    ordered = ordered[kept].drop(columns="_tie")
     ordered["over_quota"] = np.isin(ordered.index, deferred)
     ordered["rank"] = np.arange(1, len(ordered) + 1)
     return ordered.reset_index(drop=True)

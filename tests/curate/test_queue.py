@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import sqlite3
@@ -28,6 +29,7 @@ from curate.ingest.pool_sources import iter_pool
 from curate.ingest.register import ingest_pool
 from curate.neighbours.near_duplicates import (
     DEFAULT_DUP_THRESHOLD,
+    THUMB_DIM,
     THUMB_EMBEDDER,
     aligned_similarity,
     candidate_pairs,
@@ -328,27 +330,135 @@ def test_reviewed_groups_leave_the_queue_and_keep_their_verdicts(mined):
         assert conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0] == len(second)
 
 
-def test_expand_from_verdicts_adds_unseen_neighbours_of_confirmed_hard_oods_first(mined):
+def test_expand_from_verdicts_keeps_unseen_neighbours_at_their_ranked_place(mined):
     short = QueueSettings(queue_size=3, max_class_share=0.3)
     first = _build(mined, short)
     names = _name_of(mined)
     assert sorted(n[:4] for n in map(names.get, first["sha256"])) == ["cue0", "cue1", "cue2"]
     confirmed = next(s for s in first["sha256"] if names[s].startswith("cue1"))
-    with store.transaction(mined["conn"]) as conn:
+    with store.transaction(mined["conn"], immediate=True) as conn:
         conn.execute(
             "INSERT INTO verdicts(sha256, annotator, verdict, created_at) "
             "VALUES (?, 'ana', 'no_foreground', ?)",
             (confirmed, time.time()),
         )
-    expand = QueueSettings(**{**short.__dict__, "expand_from_verdicts": True, "expand_k": 2})
+    expand = dataclasses.replace(
+        short, expand_from_verdicts=True, expand_k=2, expand_min_similarity=0.0
+    )
     queue = _build(mined, expand)
-    top_two = [names[s] for s in queue["sha256"].iloc[:2]]
+    plain = _build(mined, dataclasses.replace(expand, expand_from_verdicts=False))
+    # the rest of its scene type, which the short queue left out, joins the queue
     others = {f"cue1_{i}.png" for i in range(3)} - {names[confirmed]}
-    assert set(top_two) == others  # the rest of its scene type, which the short queue left out
-    for reason in queue["reason"].iloc[:2]:
+    expanded = queue[queue["expanded_from"].notna()]
+    assert {names[s] for s in expanded["sha256"]} == others
+    for reason in expanded["reason"]:
         assert reason.startswith(f"like confirmed hard OoD {confirmed[:8]} (cos ")
+        assert " · cue" not in reason and "cluster" in reason  # ranked like every candidate
+    # ranked by the same rule: the front of the queue is the plain queue, the quota-deferred
+    # neighbour keeps its place after it instead of jumping ahead
+    assert queue["sha256"].iloc[:3].tolist() == plain["sha256"].tolist()
     assert confirmed not in set(queue["sha256"])
-    assert len(queue) == 3 and queue["sha256"].is_unique
+    assert len(queue) == 4 and queue["sha256"].is_unique
+    assert queue["rank"].tolist() == [1, 2, 3, 4]
+
+
+def _planted_queue_store(tmp_path, rows):
+    """A mined store of real, distinct PNGs with planted scores and classifier embeddings.
+
+    ``rows``: (name, top_class, hardness_score, embedding) per image. Returns the store path and
+    name -> sha256.
+    """
+    from curate.neighbours.similar import _sha256_of_file
+    from curate.neighbours.vector_index import EmbeddingFile
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    shas, images = {}, {}
+    for name, *_ in rows:
+        images[name] = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        save_image(images[name], folder / f"{name}.png")
+        shas[name] = _sha256_of_file(folder / f"{name}.png")
+    db = store.open_store(tmp_path / "planted.db")
+    with store.connect(db) as conn, store.transaction(conn, immediate=True):
+        run_id = store.start_run(conn, "mine", {}, checkpoint_sha256=PLANTED_CK)
+        store.ensure_classes(conn, CLASS_NAMES)
+        root_id = store.ensure_root(conn, folder)
+        for name, top_class, hardness, _ in rows:
+            conn.execute(
+                "INSERT INTO images(sha256, width, height, n_bytes, status, added_run) "
+                "VALUES (?, 16, 16, 1, 'ok', ?)",
+                (shas[name], run_id),
+            )
+            conn.execute(
+                "INSERT INTO image_paths(root_id, relpath, sha256) VALUES (?, ?, ?)",
+                (root_id, f"{name}.png", shas[name]),
+            )
+            probs = np.full(len(CLASS_NAMES), 0.01)
+            probs[top_class] = hardness
+            conn.execute(
+                "INSERT INTO scores(sha256, checkpoint_sha256, run_id, probs, top_class, "
+                "top_score, hardness_score) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (shas[name], PLANTED_CK, run_id, store.encode_probs(probs), top_class, hardness,
+                 hardness),
+            )  # fmt: skip
+        keys = [shas[name] for name, *_ in rows]
+        vectors = np.stack([np.asarray(v, np.float32) for *_, v in rows])
+        EmbeddingFile(conn, PLANTED_EMBEDDER, vectors.shape[1]).append(keys, vectors)
+        thumbs = np.stack([thumbnail_descriptor(images[name]) for name, *_ in rows])
+        EmbeddingFile(conn, THUMB_EMBEDDER, THUMB_DIM).append(keys, thumbs)
+    return db, shas, run_id
+
+
+PLANTED_CK = "feed" * 16
+PLANTED_EMBEDDER = f"classifier-{PLANTED_CK[:12]}"
+
+
+def _at(cosine: float, axis: int = 0, dim: int = 8, spin: float = 0.0) -> np.ndarray:
+    """A unit vector at ``cosine`` to basis vector ``axis``, turned by ``spin`` in the rest."""
+    v = np.zeros(dim)
+    v[axis] = cosine
+    rest = np.sqrt(max(0.0, 1 - cosine**2))
+    other = (axis + 1 + int(spin) % (dim - 1)) % dim
+    v[other] = rest
+    return v
+
+
+def test_expanded_neighbours_obey_min_hardness_and_similarity_and_do_not_jump_ahead(tmp_path):
+    """The issue's case: after a few verdicts, easy look-alikes of a confirmed hard OoD (cosine
+    about 0.7, hardness below --min-hardness) filled the first page ahead of images at 1.00."""
+    rows = [(f"seed{i}", 0, 1.0, _at(1.0)) for i in range(3)]  # confirmed hard OoDs
+    rows += [(f"easy{i}", i % 3, 0.05 + 0.025 * i, _at(0.7, spin=i)) for i in range(16)]
+    rows += [(f"alike{i}", 0, 0.9, _at(0.95, spin=i)) for i in range(2)]  # true hard look-alikes
+    rows += [("loose", 1, 0.95, _at(0.8))]  # hard enough, but not similar enough
+    rows += [(f"hard{i}", i % 3, 1.0, _at(0.99, axis=4 + i % 3, spin=i)) for i in range(12)]
+    db, shas, run_id = _planted_queue_store(tmp_path, rows)
+    settings = QueueSettings(queue_size=8, min_hardness=0.5, clusters_per_class=2,
+                             max_class_share=1.0)  # fmt: skip
+    name_of = {sha: name for name, sha in shas.items()}
+    with store.connect(db) as conn:
+        first = build_queue(conn, PLANTED_CK, PLANTED_EMBEDDER, 8, run_id, settings)
+        assert all(name_of[s].startswith(("seed", "hard")) for s in first["sha256"])
+        with store.transaction(conn, immediate=True):
+            for i in range(3):
+                conn.execute(
+                    "INSERT INTO verdicts(sha256, annotator, verdict, created_at) "
+                    "VALUES (?, 'ana', 'no_foreground', ?)",
+                    (shas[f"seed{i}"], time.time()),
+                )
+        expand = dataclasses.replace(settings, expand_from_verdicts=True, expand_k=20)
+        queue = build_queue(conn, PLANTED_CK, PLANTED_EMBEDDER, 8, run_id, expand)
+        plain = build_queue(conn, PLANTED_CK, PLANTED_EMBEDDER, 8, run_id, settings)
+    names = [name_of[s] for s in queue["sha256"]]
+    assert not any(n.startswith("easy") for n in names)  # below --min-hardness
+    assert "loose" not in names  # below --expand-min-similarity, and no room by hardness
+    expanded = queue[queue["expanded_from"].notna()]
+    assert sorted(name_of[s] for s in expanded["sha256"]) == ["alike0", "alike1"]
+    assert all(r.startswith("like confirmed hard OoD ") for r in expanded["reason"])
+    # mixed in by hardness: every image at 1.00 keeps its place ahead of the 0.90 look-alikes
+    assert queue["sha256"].iloc[:8].tolist() == plain["sha256"].tolist()
+    assert names[8:] and all(n.startswith("alike") for n in names[8:])
+    assert (queue["hardness_score"].diff().dropna() <= 0).all()
 
 
 def test_queue_frame_columns_paths_and_top3(mined):
