@@ -147,12 +147,43 @@ def test_report_loop_table_counts_the_stored_scores_of_both_models(demo):
         assert int(row["no longer fooled"]) == max(0, fooled[baseline_sha] - fooled[wood_sha])
 
 
+def test_report_pool_scores_are_the_stored_scores_of_both_models(demo):
+    _, ws, text, _ = demo
+    truth = read_pool_truth(ws / "world")
+    with store.connect(ws / "curation.db") as conn:
+        mined_with = [r[0] for r in conn.execute(
+            "SELECT checkpoint_sha256 FROM runs WHERE command = 'mine' ORDER BY run_id"
+        )]  # fmt: skip
+        kind_of = dict(zip(truth.file, truth.kind))
+        scores = conn.execute(
+            "SELECT s.checkpoint_sha256, s.hardness_score, p.relpath FROM scores s "
+            "JOIN image_paths p USING (sha256)"
+        ).fetchall()
+    rows = {row["model"]: row for row in md_table(text, "| model | median hard OoD |")}
+    assert list(rows) == ["baseline", "W-OoD"]
+    for model, checkpoint in (("baseline", mined_with[0]), ("W-OoD", mined_with[-1])):
+        by_kind = {}
+        for r in scores:
+            if r["checkpoint_sha256"] == checkpoint:
+                by_kind.setdefault(kind_of[Path(r["relpath"]).name], []).append(r["hardness_score"])
+        for kind, label in (("hard_ood", "hard OoD"), ("easy_ood", "easy OoD"),
+                            ("contaminated", "contaminated")):  # fmt: skip
+            want = statistics.median(by_kind[kind])
+            assert number(rows[model][f"median {label}"]) == pytest.approx(want, abs=ROUNDING)
+        hard, easy = by_kind["hard_ood"], by_kind["easy_ood"]
+        pairs = sum((h > e) + 0.5 * (h == e) for h in hard for e in easy) / (len(hard) * len(easy))
+        assert number(rows[model]["AUROC hard vs easy"]) == pytest.approx(pairs, abs=ROUNDING)
+    with Image.open(ws / "fig_scores.png") as fig:
+        assert fig.format == "PNG" and fig.width == 2 * fig.height * 420 // 300
+
+
 def test_report_figures_and_the_commands_to_run_by_hand(demo):
     _, ws, text, _ = demo
     for heading in (
         "### Per-class IoU",
         "## The loop",
         "## Labelling cost",
+        "## Does curation pay? Label efficiency",
         "hardood annotate --db",
     ):
         assert heading in text

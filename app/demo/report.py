@@ -1,11 +1,14 @@
 """The demo's report: ``report.md`` with tables and PNG figures a newcomer can believe.
 
 Figures are drawn with Pillow: eight evaluation images (image | ground truth | baseline CAM | W-OoD
-CAM) and a contact sheet of the top of the review queue with each image's reason string.
+CAM), the pool's score histograms under both models, a contact sheet of the top of the review
+queue with each image's reason string, and the label-efficiency figure that
+``benches/label_efficiency.py`` drew (copied from ``docs/img``; the demo does not re-run it).
 """
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from app.demo.pool_scores import pool_hardness, score_histograms, score_table
 from app.demo.simulated_annotators import truth_by_sha
 from curate import store
 from curate.queue.build import queue_frame
@@ -23,6 +27,10 @@ from wood_train.wood.statistics_figure import plot_wood_statistics
 from wood_train.world.truth import read_pool_truth
 
 TILE = 128  # pixels per figure tile
+# drawn by `python benches/label_efficiency.py` and committed; the demo shows it, never re-runs it
+LABEL_EFFICIENCY_FIGURE = (
+    Path(__file__).resolve().parents[2] / "docs" / "img" / "label_efficiency.png"
+)
 
 
 def _font(size: int = 11):
@@ -184,7 +192,12 @@ def write_report(
         loop = loop_table(conn, world, baseline.weights_sha256, wood.weights_sha256)
         cost = _verdict_cost(conn)
         truth_contains = truth_by_sha(conn, read_pool_truth(world.root), world.pool_dir)
+        scores = pool_hardness(
+            conn, world, {"baseline": baseline.weights_sha256, "W-OoD": wood.weights_sha256}
+        )
     plot_wood_statistics(Path(wood.checkpoint).parent / "train_log.csv", root / "fig_wood_loss.png")
+    score_histograms(scores, root / "fig_scores.png")
+    label_efficiency = _label_efficiency_section(root)
     base_eval, wood_eval = evaluations["baseline"], evaluations["wood"]
     names = list(base_eval.per_class_iou)
     metrics = pd.DataFrame(
@@ -233,8 +246,8 @@ annotators that read the world's truth and are wrong on purpose {config.error_ra
 
 {_md_table(metrics)}
 
-The spurious-activation rate is the fraction of context-cue pixels (rails, water, sky, grass) that
-the CAM seed labels as foreground: the error W-OoD exists to fix.
+The spurious-activation rate is the fraction of context-cue pixels (rails, water, sky, grass,
+road, foliage) that the CAM seed labels as foreground: the error W-OoD exists to fix.
 
 ![CAMs](fig_cams.png)
 
@@ -245,6 +258,19 @@ What W-OoD's distance loss did at every step (tau, pushed fraction, pull and pus
 ### Per-class IoU
 
 {_md_table(per_class)}
+
+## How each model scores the pool
+
+Hardness (top-class probability) of the pool's hard OoDs (a cue, no object), easy OoDs (no cue, no
+object) and contaminated images (objects that tags missed), read from the store; the world's
+truth names the kinds. The baseline ranks hard OoDs above easy ones, which is what makes mining
+pay; after W-OoD the hard OoDs fall while contaminated images, which do hold objects, stay high.
+
+{_md_table(score_table(scores))}
+
+![pool scores](fig_scores.png)
+
+{label_efficiency}
 
 ## The next round's review queue (top 24)
 
@@ -285,3 +311,17 @@ hardood evaluate --cam-dir {ws}/cams/wood --voc-root {voc} --split {config.eval_
     path = root / "report.md"
     path.write_text(text)
     return path
+
+
+def _label_efficiency_section(root: Path) -> str:
+    """The committed label-efficiency figure, copied beside the report, with where it came from."""
+    head = "## Does curation pay? Label efficiency\n\n"
+    if not LABEL_EFFICIENCY_FIGURE.is_file():
+        return head + "Run `python benches/label_efficiency.py` to draw the figure."
+    shutil.copyfile(LABEL_EFFICIENCY_FIGURE, root / "fig_label_efficiency.png")
+    return head + (
+        "CAM mIoU on held-out `val` against the number of verdicts spent, for hardood's queue and "
+        "for a random sample of the pool (three seeds each, min-max shaded). Drawn by "
+        "`python benches/label_efficiency.py` on the default world; this demo does not re-run "
+        "it.\n\n![label efficiency](fig_label_efficiency.png)"
+    )
