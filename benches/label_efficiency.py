@@ -31,22 +31,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.demo.charts import Line, line_chart  # noqa: E402
 from app.demo.config import DemoConfig  # noqa: E402
 from app.demo.simulated_annotators import SimulatedTeam  # noqa: E402
+from benches.cells import run_cells  # noqa: E402
 from curate import store  # noqa: E402
 from curate.mine import mine  # noqa: E402
 from curate.mine_config import PRESETS as MINE_PRESETS  # noqa: E402
@@ -56,7 +53,6 @@ from wood_train.cam.config import CamConfig  # noqa: E402
 from wood_train.cam.evaluate import evaluate_cams  # noqa: E402
 from wood_train.cam.make import make_cams  # noqa: E402
 from wood_train.model.checkpoint import read_checkpoint  # noqa: E402
-from wood_train.progress import progress  # noqa: E402
 from wood_train.train import train  # noqa: E402
 from wood_train.train_config import PRESETS  # noqa: E402
 from wood_train.world.config import WORLD_PRESETS  # noqa: E402
@@ -146,31 +142,6 @@ def run_cell(
     return scores
 
 
-def _quiet_single_thread() -> None:
-    """Each parallel cell uses one core and no progress bars (the parent shows the cells' bar)."""
-    os.environ["HARDOOD_QUIET"] = "1"
-    torch.set_num_threads(1)
-
-
-def run_cells(tasks: list[tuple], jobs: int) -> list[dict]:
-    """``run_cell(*task)`` for every task, ``jobs`` at a time; results in the order of ``tasks``."""
-    bar = progress(total=len(tasks), desc="cells", unit="cell", disable=False)
-    if jobs <= 1:
-        results = []
-        for task in tasks:
-            results.append(run_cell(*task))
-            bar.update(1)
-        return results
-    context = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_quiet_single_thread) as pool:
-        futures = {pool.submit(run_cell, *task): i for i, task in enumerate(tasks)}
-        results: list[dict] = [{}] * len(tasks)
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            bar.update(1)
-    return results
-
-
 def table(frame: pd.DataFrame, base: dict, seeds: int) -> str:
     """Markdown table: one row per strategy and budget, mean (and min-max over seeds)."""
 
@@ -239,7 +210,7 @@ def main() -> int:
         if ood:  # nothing confirmed: the baseline itself
             tasks.append((len(rows) - 1, (ws, world, base_cfg, Path(baseline), ood, seed,
                                           f"{strategy}-B{budget}-s{seed}", args.epochs, args.lr)))  # fmt: skip
-    for (row, _), scores in zip(tasks, run_cells([task for _, task in tasks], args.jobs)):
+    for (row, _), scores in zip(tasks, run_cells(run_cell, [task for _, task in tasks], args.jobs)):
         rows[row].update(scores)
     frame = pd.DataFrame(rows)
     frame.to_csv(ws / "label_efficiency.csv", index=False)
