@@ -6,8 +6,8 @@ appears without its object, so a classifier trained on image labels learns the c
 spill onto it. The unlabelled pool holds what curation must sort out: hard OoDs (cues, no object),
 easy OoDs (clutter only), contamination (images with objects) and near-duplicates.
 
-Generator version 2 makes the pool behave like a real candidate pool (OpenImages scored by a VOC
-classifier): most images score low, the few that score high are the ones worth a verdict, and the
+Generator versions 2 and 3 make the pool behave like a real candidate pool (OpenImages scored by a
+VOC classifier): most images score low, the few that score high are the ones worth a verdict, and the
 cue problem stays. Each choice mirrors a property of real data
 (``benches/world_properties.py`` measures the result on any seed):
 
@@ -21,6 +21,10 @@ cue problem stays. Each choice mirrors a property of real data
   scored clutter near 1.
 - **Clutter in every image** (base tone, distractor textures and shapes, some as bands), so its
   textures and band geometry appear with every class and without any: no class evidence.
+- **Clutter of every hue, and vivid things that are no class** (version 3): pale backgrounds of
+  any colour, and half the distractor shapes saturated, as real walls, doors and bins come in
+  every colour. With grey and beige clutter only, one class became the default answer for images
+  without any (44% of the easy OoDs' votes on one seed, 49% on another).
 - **A ground under the sky classes** (``p_ground``): a band of a clutter texture where a scene's
   bottom holds no cue (aeroplane and bird, a missing cue, background-only scenes). Real planes
   fly over fields and towns; a bare lower half must not say "a sky class".

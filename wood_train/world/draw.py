@@ -8,6 +8,7 @@ Everything paints vectorised numpy onto a float32 RGB ``Canvas`` in [0, 1]; each
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,9 +78,16 @@ def jitter(rng: np.random.Generator, rgb, amount: float = 0.06) -> np.ndarray:
     return np.clip(np.asarray(rgb, np.float32) + rng.uniform(-amount, amount, 3), 0.0, 1.0)
 
 
-def muted_colour(rng: np.random.Generator, tint: float = 0.12) -> np.ndarray:
-    """A greyish colour with a small random tint (clutter must not look like a cue)."""
-    return np.clip(rng.uniform(0.3, 0.8) + rng.uniform(-tint, tint, 3), 0, 1).astype(np.float32)
+def muted_colour(rng: np.random.Generator, saturation: float = 0.3) -> np.ndarray:
+    """A pale colour of any hue (clutter must not look like a cue)."""
+    hsv = (rng.uniform(0, 1), rng.uniform(0, saturation), rng.uniform(0.3, 0.8))
+    return np.asarray(colorsys.hsv_to_rgb(*hsv), np.float32)
+
+
+def vivid_colour(rng: np.random.Generator) -> np.ndarray:
+    """A saturated colour of any hue."""
+    hsv = (rng.uniform(0, 1), rng.uniform(0.5, 0.9), rng.uniform(0.55, 0.95))
+    return np.asarray(colorsys.hsv_to_rgb(*hsv), np.float32)
 
 
 def _shade(base: np.ndarray, amount: np.ndarray) -> np.ndarray:
@@ -124,7 +132,7 @@ def dots(c: Canvas, rng: np.random.Generator) -> np.ndarray:
     period = c.size * rng.uniform(0.1, 0.16)
     dy, dx = (c.yy % period) - period / 2, (c.xx % period) - period / 2
     spot = dy**2 + dx**2 <= (0.3 * period) ** 2
-    return np.where(spot[..., None], muted_colour(rng, 0.2), muted_colour(rng))
+    return np.where(spot[..., None], muted_colour(rng, 0.35), muted_colour(rng))
 
 
 DISTRACTOR_TEXTURES = (bricks, sand, stripes, checker, dots)
@@ -137,11 +145,14 @@ def draw_ground(c: Canvas, rng: np.random.Generator, x0: float, x1: float, heigh
 
 
 def draw_clutter(c: Canvas, rng: np.random.Generator) -> None:
-    """Neutral base tone with noise, one or two distractor textures, a few distractor shapes."""
+    """A pale base tone of any hue with noise, one or two distractor textures, a few shapes.
+
+    Backgrounds come in every colour, so no colour by itself is class evidence: a grey-only
+    background made grey aeroplanes the answer for every image without a class.
+    """
     size = c.size
-    tone = np.array([0.55, 0.52, 0.48], np.float32) + rng.uniform(-0.2, 0.2)
-    tone += rng.uniform(0, 1) * np.array([0.08, 0.03, -0.06], np.float32)  # grey .. beige/brown
-    c.rgb[:] = _shade(np.clip(tone, 0, 1), 0.8 + 0.4 * smooth_noise(rng, size, 4))
+    tone = muted_colour(rng, saturation=0.25)
+    c.rgb[:] = _shade(tone, 0.8 + 0.4 * smooth_noise(rng, size, 4))
     for _ in range(int(rng.integers(1, 3))):
         texture = DISTRACTOR_TEXTURES[int(rng.integers(len(DISTRACTOR_TEXTURES)))](c, rng)
         if rng.random() < 0.35:  # a band, like a cue, so band geometry alone is no cue
@@ -152,8 +163,10 @@ def draw_clutter(c: Canvas, rng: np.random.Generator) -> None:
             y0, x0 = rng.uniform(0, size - h), rng.uniform(0, size - w)
             mask = box(c, y0, x0, y0 + h, x0 + w)
         c.paint(mask, texture)
-    for _ in range(int(rng.integers(2, 5))):
-        colour = muted_colour(rng, tint=0.25)
+    for _ in range(int(rng.integers(2, 6))):
+        # half the shapes are things of any colour that are no class (a red door, a blue bin):
+        # each pulls a scene without any class a little towards some class, never the same one
+        colour = vivid_colour(rng) if rng.random() < 0.5 else muted_colour(rng, 0.4)
         r = size * rng.uniform(0.05, 0.12)
         cy, cx = rng.uniform(0, size, 2)
         kind = rng.integers(3)
