@@ -128,9 +128,10 @@ def run_arm(ws: Path, world, base_cfg, baseline: Path, arm: str, spec: dict, ood
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    # an arm is a spawned process: its images load in it (see label_efficiency.run_cell)
     changes = dict(init_checkpoint=baseline, out_dir=out / "run", epochs=args.epochs, seed=seed,
                    frozen_bn=True, val_split=None, lr=args.lr, num_centers=20,
-                   ood_as_negatives=spec.get("ood_as_negatives", False))  # fmt: skip
+                   ood_as_negatives=spec.get("ood_as_negatives", False), num_workers=0)  # fmt: skip
     if ood:
         out.mkdir(parents=True, exist_ok=True)
         (out / "ood_list.txt").write_text("".join(f"{f}\n" for f in ood))

@@ -120,7 +120,11 @@ def run_cell(
     ws: Path, world, base_cfg, baseline: Path, ood: list[str], seed: int, tag: str, epochs: int,
     lr: float,
 ) -> dict:  # fmt: skip
-    """W-OoD from the baseline on ``ood`` (pool file names), scored on val; cached by its key."""
+    """W-OoD from the baseline on ``ood`` (pool file names), scored on val; cached by its key.
+
+    Images load in the cell's own process (``num_workers=0``): a cell is a spawned process, so a
+    loader worker would be a fresh interpreter that imports torch again for every OoD round.
+    """
     settings = dict(epochs=epochs, lr=lr, centers=DEMO.num_centers, seed=seed, scales=DEMO.cam_scales,
                     baseline=read_checkpoint(baseline)["weights_sha256"])  # fmt: skip
     key = hashlib.sha256(json.dumps([ood, settings], default=str).encode()).hexdigest()[:16]
@@ -134,7 +138,7 @@ def run_cell(
     result = train(cfg.replace(
         base_cfg, init_checkpoint=baseline, out_dir=out / "run", epochs=epochs, seed=seed,
         frozen_bn=True, val_split=None, lr=lr, num_centers=min(DEMO.num_centers, len(ood)),
-        ood_manifest=out / "ood_list.txt", ood_image_root=world.pool_dir,
+        ood_manifest=out / "ood_list.txt", ood_image_root=world.pool_dir, num_workers=0,
     ))  # fmt: skip
     scores = evaluate(result.checkpoint, world, out / "cams")
     scores["seconds"] = time.time() - started
