@@ -28,6 +28,8 @@ from curate import store
 from curate.ingest.pool_sources import iter_pool
 from curate.ingest.register import ingest_pool
 from curate.neighbours.near_duplicates import (
+    CONFIRM_DIM,
+    CONFIRM_EMBEDDER,
     DEFAULT_DUP_THRESHOLD,
     THUMB_DIM,
     THUMB_EMBEDDER,
@@ -363,7 +365,8 @@ def test_expand_from_verdicts_keeps_unseen_neighbours_at_their_ranked_place(mine
 
 
 def _planted_queue_store(tmp_path, rows):
-    """A mined store of real, distinct PNGs with planted scores and classifier embeddings.
+    """A mined store of real, distinct PNGs with planted scores, classifier embeddings and the
+    thumbnails scoring stores (near-duplicate descriptors and confirmation thumbnails).
 
     ``rows``: (name, top_class, hardness_score, embedding) per image. Returns the store path and
     name -> sha256.
@@ -407,6 +410,8 @@ def _planted_queue_store(tmp_path, rows):
         EmbeddingFile(conn, PLANTED_EMBEDDER, vectors.shape[1]).append(keys, vectors)
         thumbs = np.stack([thumbnail_descriptor(images[name]) for name, *_ in rows])
         EmbeddingFile(conn, THUMB_EMBEDDER, THUMB_DIM).append(keys, thumbs)
+        confirm = np.stack([confirmation_thumbnail(images[name]) for name, *_ in rows])
+        EmbeddingFile(conn, CONFIRM_EMBEDDER, CONFIRM_DIM, "uint8").append(keys, confirm)
     return db, shas, run_id
 
 
