@@ -321,7 +321,7 @@ def _label_efficiency_section(root: Path) -> str:
     shutil.copyfile(LABEL_EFFICIENCY_FIGURE, root / "fig_label_efficiency.png")
     return head + (
         "CAM mIoU on held-out `val` against the number of verdicts spent, for hardood's queue and "
-        "for a random sample of the pool (three seeds each, min-max shaded). Drawn by "
-        "`python benches/label_efficiency.py` on the default world; this demo does not re-run "
-        "it.\n\n![label efficiency](fig_label_efficiency.png)"
+        "for a random sample of the pool. Drawn by `python benches/label_efficiency.py` on the "
+        "default world (the README gives the command, the seeds and the table); this demo does "
+        "not re-run it.\n\n![label efficiency](fig_label_efficiency.png)"
     )
