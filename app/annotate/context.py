@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import dataclass
 
 import streamlit as st
 
 from app.annotate.launch import AnnotateConfig
 from app.annotate.session import User
+from curate.review import leases
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 # an absolute POSIX or Windows path inside a message: shown by its last part only
@@ -28,6 +30,14 @@ class ViewContext:
     @property
     def image_roots(self) -> tuple[str, ...]:
         return tuple(str(root) for root in self.config.image_roots)
+
+    def lease(self, conn: sqlite3.Connection, n: int) -> list[leases.ReviewItem]:
+        """The annotator's next ``n`` items under the app's overlap, lease and gold settings
+        (renewing every lease they hold)."""
+        return leases.lease_next(
+            conn, self.user.name, self.config.overlap, self.config.lease_seconds, n=n,
+            gold_share=self.config.gold_share,
+        )  # fmt: skip
 
 
 def plain(text: str) -> str:

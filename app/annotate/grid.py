@@ -20,7 +20,7 @@ from app.annotate.context import ViewContext, notify, plain, take_notices
 from app.annotate.image_loader import CannotShow, load_picture
 from app.annotate.images import THUMB_SIDE, img_tag
 from curate import store
-from curate.review import leases, verdicts
+from curate.review import verdicts
 from wood_train.errors import HardoodError
 
 COLUMNS = 4
@@ -100,10 +100,7 @@ def grid_view(ctx: ViewContext) -> None:
 
 def draw_grid(ctx: ViewContext, conn: sqlite3.Connection) -> None:
     pages = st.session_state.setdefault("grid_pages", {})
-    items = leases.lease_next(
-        conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds,
-        n=ctx.config.grid_size, gold_share=ctx.config.gold_share,
-    )  # fmt: skip
+    items = ctx.lease(conn, ctx.config.grid_size)
     take_notices()
     if not items:
         st.success(

@@ -17,7 +17,7 @@ from app.annotate.context import ViewContext, notify, plain, take_notices
 from app.annotate.image_loader import CannotShow, load_picture
 from app.annotate.images import DISPLAY_SIDE, img_tag, legend_html
 from curate import store
-from curate.review import leases, verdicts
+from curate.review import verdicts
 from wood_train.errors import HardoodError
 
 VERDICT_LABELS = {
@@ -74,10 +74,7 @@ def single_view(ctx: ViewContext) -> None:
 
 def draw_single(ctx: ViewContext, conn: sqlite3.Connection) -> None:
     shown_at = st.session_state.setdefault("shown_at", {})
-    items = leases.lease_next(
-        conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds, n=1,
-        gold_share=ctx.config.gold_share,
-    )  # fmt: skip
+    items = ctx.lease(conn, 1)
     take_notices()
     if not items:
         st.success(

@@ -208,10 +208,7 @@ def renew_box(ctx: ViewContext) -> None:
 def renew_leases(ctx: ViewContext) -> None:
     # lease_next renews every lease the annotator holds; the page size keeps it to this page
     with store.connect(ctx.config.db) as conn:
-        leases.lease_next(
-            conn, ctx.user.name, ctx.config.overlap, ctx.config.lease_seconds,
-            n=ctx.config.grid_size, gold_share=ctx.config.gold_share,
-        )  # fmt: skip
+        ctx.lease(conn, ctx.config.grid_size)
 
 
 # ---- sign-in --------------------------------------------------------------------------

@@ -7,18 +7,11 @@ verdicts. Two annotators working at once never see the same image.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-from playwright.sync_api import sync_playwright
-
 from curate import store
 from curate.export.build import OOD_LIST_NAME
 from curate.review import verdicts
 from tests.app.browser_helpers import (
-    CHROMIUM,
     choose_view,
-    launch_chromium,
     serve,
     sign_in,
     wait_grid,
@@ -47,15 +40,6 @@ def checked_tiles(page) -> set[int]:
                 .slice('st-key-gridcell_'.length)))"""
         )
     )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install chromium"
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 def test_keyboard_labelling_undo_and_export_round_trip(browser, tmp_path):

@@ -18,13 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import sync_playwright
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 from tests.app.browser_helpers import (
-    CHROMIUM,
     choose_view,
-    launch_chromium,
     serve,
     sign_in,
     wait_grid,
@@ -80,15 +77,6 @@ def app(tmp_path_factory):
     world = build_review_store(folder, 200, size=IMAGE_SIZE)
     with serve(world.db, folder / "server.log", dwell_seconds=0.3) as url:
         yield world, url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install chromium"
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

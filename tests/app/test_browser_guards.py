@@ -8,17 +8,12 @@ test signs in as its own annotator, so their leases never meet.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from playwright.sync_api import sync_playwright
 
 from curate import store
 from curate.review import verdicts
 from tests.app.browser_helpers import (
-    CHROMIUM,
     choose_view,
-    launch_chromium,
     serve,
     sign_in,
     wait_grid,
@@ -40,15 +35,6 @@ def app(tmp_path_factory):
     world = build_review_store(folder, 400, size=(64, 48))
     with serve(world.db, folder / "server.log", dwell_seconds=DWELL_S) as url:
         yield world, url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), "browser tests need Debian's chromium: apt-get install chromium"
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -150,3 +150,10 @@ def build_review_store(
         )
         store.finish_run(conn, run_id, "done", {"queued": n_items})
     return ReviewStore(db, root.resolve(), shas, relpaths, tops, run_id)
+
+
+def sign_in_all(conn, *names: str) -> list[str]:
+    """Sign each annotator in; their normalised names."""
+    from curate.review import annotators
+
+    return [annotators.sign_in(conn, name) for name in names]

@@ -27,12 +27,6 @@ def world(tmp_path):
     return build_review_store(tmp_path, 12)
 
 
-@pytest.fixture
-def conn(world):
-    with store.connect(world.db) as connection:
-        yield connection
-
-
 def _vote(conn, world, plan, k=3, source="app"):
     """plan: {item index: [(annotator, verdict), ...]}, recorded without leases."""
     for i, given in plan.items():

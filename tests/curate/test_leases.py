@@ -15,7 +15,7 @@ import pytest
 from curate import store
 from curate.review import annotators, leases, verdicts
 from curate.review.leases import _CANDIDATES, _CLAIM
-from tests.curate.review_fixtures import build_review_store
+from tests.curate.review_fixtures import build_review_store, sign_in_all
 
 T0 = 1_700_000_000.0
 
@@ -25,16 +25,6 @@ def world(tmp_path):
     return build_review_store(tmp_path, 30)
 
 
-@pytest.fixture
-def conn(world):
-    with store.connect(world.db) as connection:
-        yield connection
-
-
-def _signed(conn, *names):
-    return [annotators.sign_in(conn, name) for name in names]
-
-
 def _live_votes(conn, sha):
     return conn.execute(
         "SELECT COUNT(*) FROM verdicts WHERE sha256 = ? AND undone = 0 AND gold_check = 0", (sha,)
@@ -42,7 +32,7 @@ def _live_votes(conn, sha):
 
 
 def test_a_late_verdict_after_the_lease_moved_on_is_refused(world, conn):
-    ana, bo = _signed(conn, "ana", "bo")
+    ana, bo = sign_in_all(conn, "ana", "bo")
     sha = leases.lease_next(conn, ana, lease_seconds=60, now=T0)[0].sha256
     # ana's lease runs out; bo leases the item and is still judging it
     assert leases.lease_next(conn, bo, lease_seconds=60, now=T0 + 61)[0].sha256 == sha
@@ -56,7 +46,7 @@ def test_a_late_verdict_after_the_lease_moved_on_is_refused(world, conn):
 
 
 def test_a_third_annotator_cannot_judge_an_item_leased_to_another(world, conn):
-    ana, bo, cy = _signed(conn, "ana", "bo", "cy")
+    ana, bo, cy = sign_in_all(conn, "ana", "bo", "cy")
     sha = leases.lease_next(conn, bo, k=2, now=T0)[0].sha256
     refused = verdicts.submit_verdicts(conn, cy, [(sha, "no_foreground", 1.0)], k=2, now=T0 + 1)
     assert [r.reason for r in refused.refused] == [verdicts.HELD_BY_OTHER]
@@ -69,7 +59,7 @@ def test_a_third_annotator_cannot_judge_an_item_leased_to_another(world, conn):
 
 
 def test_an_expired_page_keeps_its_other_verdicts_and_says_so(world, conn):
-    ana, bo = _signed(conn, "ana", "bo")
+    ana, bo = sign_in_all(conn, "ana", "bo")
     page = [i.sha256 for i in leases.lease_next(conn, ana, n=12, lease_seconds=60, now=T0)]
     assert page == world.shas[:12]
     # the page stays open past its lease; bo takes three of its items, judges two of them
@@ -94,7 +84,7 @@ def test_an_expired_page_keeps_its_other_verdicts_and_says_so(world, conn):
 
 
 def test_renewal_keeps_an_active_page_and_reports_what_was_lost(world, conn):
-    ana, bo = _signed(conn, "ana", "bo")
+    ana, bo = sign_in_all(conn, "ana", "bo")
     page = [i.sha256 for i in leases.lease_next(conn, ana, n=4, lease_seconds=60, now=T0)]
     # ana is active: the app renews before the lease ends, so bo cannot take the page
     assert leases.renew_leases(conn, ana, page, lease_seconds=60, now=T0 + 50) == page
@@ -113,7 +103,7 @@ def test_renewal_keeps_an_active_page_and_reports_what_was_lost(world, conn):
 
 
 def test_the_overlap_recorded_in_the_store_applies_when_k_is_not_given(world, conn):
-    ana, bo = _signed(conn, "ana", "bo")
+    ana, bo = sign_in_all(conn, "ana", "bo")
     assert leases.review_overlap(conn) == 1
     leases.set_review_overlap(conn, 2)
     sha = world.shas[0]
@@ -161,7 +151,7 @@ def _true_votes(conn):
 
 
 def test_the_open_items_index_follows_verdicts_undo_change_and_a_rebuilt_queue(world, conn):
-    names = _signed(conn, "ana", "bo", "cy")
+    names = sign_in_all(conn, "ana", "bo", "cy")
     rng = random.Random(0)
     for step in range(150):
         name = rng.choice(names)

@@ -14,7 +14,7 @@ from curate import store
 from curate.ingest import image_files
 from curate.review import agreement, annotators, leases, progress, verdicts
 from curate.review.agreement import cohen_kappa, fleiss_kappa
-from tests.curate.review_fixtures import CLASSES, build_review_store, cue_heatmap
+from tests.curate.review_fixtures import CLASSES, build_review_store, cue_heatmap, sign_in_all
 from wood_train.errors import DataError
 
 T0 = 1_700_000_000.0
@@ -23,16 +23,6 @@ T0 = 1_700_000_000.0
 @pytest.fixture
 def world(tmp_path):
     return build_review_store(tmp_path, 8)
-
-
-@pytest.fixture
-def conn(world):
-    with store.connect(world.db) as connection:
-        yield connection
-
-
-def _signed(conn, *names):
-    return [annotators.sign_in(conn, name) for name in names]
 
 
 def test_sign_in_normalises_and_rejects_bad_names(world, conn):
@@ -47,7 +37,7 @@ def test_sign_in_normalises_and_rejects_bad_names(world, conn):
 
 
 def test_lease_next_follows_rank_and_holds_until_judged(world, conn):
-    (ana,) = _signed(conn, "ana")
+    (ana,) = sign_in_all(conn, "ana")
     items = leases.lease_next(conn, ana, n=3, now=T0)
     assert [i.sha256 for i in items] == world.shas[:3]
     assert [i.rank for i in items] == [1, 2, 3]
@@ -61,7 +51,7 @@ def test_lease_next_follows_rank_and_holds_until_judged(world, conn):
 
 
 def test_item_shows_top_class_scores_reason_and_heatmap(world, conn):
-    (ana,) = _signed(conn, "ana")
+    (ana,) = sign_in_all(conn, "ana")
     item = leases.lease_next(conn, ana, now=T0)[0]
     assert item.top_class == world.top_classes[0] == "aeroplane"
     assert item.top_score == pytest.approx(0.99)
@@ -73,7 +63,7 @@ def test_item_shows_top_class_scores_reason_and_heatmap(world, conn):
 
 
 def test_two_annotators_never_hold_the_same_item_and_leases_expire(world, conn):
-    ana, bo = _signed(conn, "ana", "bo")
+    ana, bo = sign_in_all(conn, "ana", "bo")
     first = leases.lease_next(conn, ana, n=3, lease_seconds=60, now=T0)
     second = leases.lease_next(conn, bo, n=3, lease_seconds=60, now=T0 + 1)
     assert [i.sha256 for i in first] == world.shas[:3]
@@ -85,7 +75,7 @@ def test_two_annotators_never_hold_the_same_item_and_leases_expire(world, conn):
 
 
 def test_overlap_k_gives_each_item_k_independent_verdicts(world, conn):
-    ana, bo, cy = _signed(conn, "ana", "bo", "cy")
+    ana, bo, cy = sign_in_all(conn, "ana", "bo", "cy")
     sha = world.shas[0]
     assert leases.lease_next(conn, ana, k=2, now=T0)[0].sha256 == sha
     # while ana holds it, nobody else gets it
@@ -105,7 +95,7 @@ def test_overlap_k_gives_each_item_k_independent_verdicts(world, conn):
 
 
 def test_queue_runs_out(world, conn):
-    (ana,) = _signed(conn, "ana")
+    (ana,) = sign_in_all(conn, "ana")
     items = leases.lease_next(conn, ana, n=20, now=T0)
     assert len(items) == 8
     verdicts.record_verdicts(conn, ana, [(i.sha256, "no_foreground", 1.0) for i in items])
@@ -113,7 +103,7 @@ def test_queue_runs_out(world, conn):
 
 
 def test_record_verdict_checks_input_and_ignores_a_double_submit(world, conn):
-    (ana,) = _signed(conn, "ana")
+    (ana,) = sign_in_all(conn, "ana")
     sha = leases.lease_next(conn, ana, now=T0)[0].sha256
     with pytest.raises(ValueError, match="is not one of"):
         verdicts.record_verdict(conn, ana, sha, "maybe", 1.0)
@@ -142,7 +132,7 @@ def test_record_verdict_checks_input_and_ignores_a_double_submit(world, conn):
 
 
 def test_undo_marks_the_last_verdict_and_gives_the_item_back_first(world, conn):
-    (ana,) = _signed(conn, "ana")
+    (ana,) = sign_in_all(conn, "ana")
     for i, verdict in enumerate(["no_foreground", "contains_foreground"]):
         sha = leases.lease_next(conn, ana, now=T0 + i)[0].sha256
         verdicts.record_verdict(conn, ana, sha, verdict, 2.0, now=T0 + i)
@@ -159,12 +149,12 @@ def test_undo_marks_the_last_verdict_and_gives_the_item_back_first(world, conn):
     }
     # nothing is deleted: the undone row is kept
     assert conn.execute("SELECT COUNT(*) FROM verdicts WHERE undone = 1").fetchone()[0] == 1
-    (bo,) = _signed(conn, "bo")
+    (bo,) = sign_in_all(conn, "bo")
     assert verdicts.undo_last(conn, bo) is None
 
 
 def test_progress_frame_and_summary(world, conn):
-    ana, bo, _ = _signed(conn, "ana", "bo", "cy")
+    ana, bo, _ = sign_in_all(conn, "ana", "bo", "cy")
     plan = [(ana, 0, "no_foreground", 2.0), (ana, 1, "no_foreground", 4.0),
             (ana, 2, "contains_foreground", 9.0), (bo, 3, "unsure", 3.0)]  # fmt: skip
     for name, i, verdict, seconds in plan:
@@ -188,7 +178,7 @@ def test_agreement_cohen_for_two_and_fleiss_for_more(tmp_path):
 
 
 def _agree_then_disagree(world, conn):
-    ana, bo, cy = _signed(conn, "ana", "bo", "cy")
+    ana, bo, cy = sign_in_all(conn, "ana", "bo", "cy")
     # ana vs bo on four items: yyyn vs yynn -> kappa 0.5 (worked out in the docstring)
     for i, (a, b) in enumerate(zip("yyyn", "yynn")):
         label = {"y": "no_foreground", "n": "contains_foreground"}
@@ -208,7 +198,7 @@ def _agree_then_disagree(world, conn):
 
 
 def test_agreement_without_overlap(world, conn):
-    (ana,) = _signed(conn, "ana")
+    (ana,) = sign_in_all(conn, "ana")
     verdicts.record_verdict(conn, ana, world.shas[0], "no_foreground", 1.0)
     assert agreement.agreement_summary(conn) == {
         "method": None, "kappa": None, "items": 0, "annotators": [], "all_agree": None,
