@@ -45,8 +45,11 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, index: int | tuple[int, int]):
+        """``index``, or ``(epoch, index)`` to draw the augmentation of that epoch: a loader that
+        lives over many epochs (the OoD stream) cannot reach ``set_epoch`` of its workers' copies."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
+        rng = np.random.default_rng([self.seed, epoch, index])
         image = self.transform(read_image(self.paths[index]), rng)
         return image, self.labels[index], index
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from wood_train import distributed
-from wood_train.data.datasets import ImageListDataset, fixed_order_loader
+from wood_train.data.datasets import ImageListDataset, collate
 from wood_train.data.transforms import TrainTransform
 from wood_train.data.voc import image_path, load_image_labels, read_split
 from wood_train.device import pin_memory
@@ -99,20 +99,35 @@ class WoodObjective:
 
     # -- the OoD batch stream -------------------------------------------------------------
     def _batches_from(self, drawn: int):
-        """OoD batches in a seeded order, starting after ``drawn`` batches (exact resume)."""
+        """OoD batches in a seeded order, starting after ``drawn`` batches (exact resume).
+
+        One loader serves every round (a round is one pass over the OoD set), so its worker
+        processes start once per run, not once per round; each sample carries its round's
+        augmentation epoch.
+        """
         config = self.config
         n, size = len(self.ood_dataset), config.ood_batch_size
         per_round = max(1, n // size)
-        round_, skip = divmod(drawn, per_round)
-        while True:
-            self.ood_dataset.set_epoch(100_000 + round_)
-            order = np.random.default_rng([config.seed, round_, 104729]).permutation(n)
-            order = np.resize(order, per_round * size) if n < size else order
-            loader = fixed_order_loader(
-                self.ood_dataset, order, size, skip, config.num_workers, pin_memory(self.device)
-            )
-            yield from (images for images, _, _ in loader)
-            round_, skip = round_ + 1, 0
+        first_round, skip = divmod(drawn, per_round)
+
+        def batches():
+            round_, start = first_round, skip
+            while True:
+                order = np.random.default_rng([config.seed, round_, 104729]).permutation(n)
+                order = np.resize(order, per_round * size) if n < size else order
+                epoch = 100_000 + round_
+                for b in range(start, per_round):
+                    yield [(epoch, int(i)) for i in order[b * size : (b + 1) * size]]
+                round_, start = round_ + 1, 0
+
+        loader = torch.utils.data.DataLoader(
+            self.ood_dataset,
+            batch_sampler=batches(),
+            num_workers=config.num_workers,
+            collate_fn=collate,
+            pin_memory=pin_memory(self.device),
+        )
+        yield from (images for images, _, _ in loader)
 
     def next_batch(self, device) -> torch.Tensor:
         """The next OoD batch (normalised, augmented as the ID images)."""
