@@ -84,7 +84,7 @@ def _axes(draw: ImageDraw.ImageDraw, frame: _Frame, x_ticks, y_ticks, x_label, y
     draw.text((frame.left + frame.width / 2, bottom + 24), x_label, fill="black", font=font,
               anchor="mt")  # fmt: skip
     draw.text((frame.left, frame.top - 8), y_label, fill="black", font=font, anchor="lb")
-    draw.text((frame.left + frame.width / 2, 8), title, fill="black", font=_font(14), anchor="mt")
+    draw.text((frame.left + frame.width / 2, 6), title, fill="black", font=_font(14), anchor="mt")
 
 
 def line_chart(
@@ -108,7 +108,7 @@ def line_chart(
     if not xs:
         raise ValueError("line_chart needs at least one point")
     pad = 0.08 * ((max(ys) - min(ys)) or 1.0)
-    frame = _Frame(70, 40, size[0] - 90, size[1] - 100, (min(xs), max(xs)),
+    frame = _Frame(70, 52, size[0] - 90, size[1] - 112, (min(xs), max(xs)),
                    (min(ys) - pad, max(ys) + pad), log_x)  # fmt: skip
     if frame.x_range[0] == frame.x_range[1]:
         frame.x_range = (frame.x_range[0] / 2, frame.x_range[0] * 2)
@@ -171,11 +171,11 @@ def histogram_panels(
         (s.max() for groups in shares.values() for s in groups.values() if len(s)), default=1.0
     )
     for p, (title, groups) in enumerate(shares.items()):
-        frame = _Frame(p * width + 60, 40, width - 80, height - 100, value_range, (0.0, top * 1.05))
+        frame = _Frame(p * width + 60, 52, width - 80, height - 112, value_range, (0.0, top * 1.05))
         _axes(draw, frame, _nice_ticks(*value_range), _nice_ticks(0.0, top * 1.05, 4), x_label,
               "share of group", "")  # fmt: skip
         draw.text(
-            (frame.left + frame.width / 2, 8), title, fill="black", font=_font(14), anchor="mt"
+            (frame.left + frame.width / 2, 6), title, fill="black", font=_font(14), anchor="mt"
         )
         for k, (name, share) in enumerate(groups.items()):
             colour = COLOURS[k % len(COLOURS)]
