@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from curate import store
 from curate.ingest.image_files import DEFAULT_MAX_FILE_MB
 from curate.neighbours.near_duplicates import CONFIRM_EMBEDDER, THUMB_EMBEDDER
+from curate.score.cpu_threads import one_cpu_thread
 from curate.score.pending import PendingImages, collate_scoring, count_pending
 from curate.score.scored_batch import ScoredBatch, ScoreTarget, write_scored
 from wood_train.device import autocast, pin_memory
@@ -87,6 +88,11 @@ def hardness_from(top_score: np.ndarray, energy_score: np.ndarray, mode: str, nu
 def score_batch(model, x: torch.Tensor, valid: list[tuple[int, int]], heatmap_size: int) -> dict:
     """One forward: probabilities, energy, top class, CAM heatmaps and embeddings (numpy)."""
     feats = model.features(x)
+    with one_cpu_thread(feats.device):
+        return _outputs_from_features(model, feats, x.shape[-1], valid, heatmap_size)
+
+
+def _outputs_from_features(model, feats, image_size, valid, heatmap_size) -> dict:
     z = feats.float().mean(dim=(2, 3))
     weight = model.classifier.weight.float()
     logits = z @ weight.flatten(1).t()
@@ -94,7 +100,6 @@ def score_batch(model, x: torch.Tensor, valid: list[tuple[int, int]], heatmap_si
     top_score, top_class = probs.max(dim=1)
     weights_top = weight.flatten(1)[top_class]  # (B, D)
     cams = F.relu(torch.einsum("bdhw,bd->bhw", feats.float(), weights_top))
-    image_size = x.shape[-1]
     # the CAM cells that cover the image itself (not its padding), batched per shape
     cells = [
         (
