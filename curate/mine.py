@@ -42,6 +42,7 @@ from curate.ingest.register import ingest_pool
 from curate.mine_config import EMBEDDERS, ENGINES, HARDNESS_MODES, MineConfig
 from curate.neighbours.vector_index import forget_missing_vectors
 from curate.queue.build import QueueSettings, build_queue
+from curate.score.cpu_threads import one_cpu_thread
 from curate.score.scoring import (
     Scorer,
     rescore_hardness,
@@ -139,7 +140,8 @@ def mine(config: MineConfig, log: Callable[[str], None] = print) -> MineResult:
     """
     _check(config)
     device = resolve_device(config.device)
-    model, meta = load_cam_net(config.checkpoint, device)
+    with one_cpu_thread():  # building, loading and checking the weights: many small tensor ops
+        model, meta = load_cam_net(config.checkpoint, device)
     class_names = list(meta["class_names"])
     db = store.open_store(config.db)
     config = cfg.replace(
