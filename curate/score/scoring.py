@@ -24,6 +24,7 @@ Hardness (``hardness`` setting):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 from collections import Counter
@@ -40,6 +41,7 @@ from curate.ingest.image_files import DEFAULT_MAX_FILE_MB
 from curate.neighbours.near_duplicates import CONFIRM_EMBEDDER, THUMB_EMBEDDER
 from curate.score.cpu_threads import one_cpu_thread
 from curate.score.pending import PendingImages, collate_scoring, count_pending
+from curate.score.prefetch import Prefetcher
 from curate.score.scored_batch import ScoredBatch, ScoreTarget, write_scored
 from wood_train.device import autocast, pin_memory
 from wood_train.errors import ConfigError
@@ -47,6 +49,7 @@ from wood_train.model.finite import check_finite_outputs
 from wood_train.progress import progress
 
 WORLD_IMAGE_SIZE = 64
+PREFETCH_BATCHES = 2  # batches read ahead by the thread that loads when there are no workers
 VOC_IMAGE_SIZE = 448
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -225,11 +228,16 @@ def score_pool(
     )
     files: dict = {}
     bar = progress(total=total, desc="score", unit="img")
-    for batch in loader:
-        scored = score_loaded(scorer, batch, hardness, heatmap_size, amp)
-        write_scored(conn, scorer.target, run_id, scored, files)
-        report.add(batch["n"], batch["bad"], batch["skipped"])
-        bar.update(batch["n"])
+    # without worker processes, a thread reads and decodes the next batch during this one's forward
+    batches = (
+        Prefetcher(loader, PREFETCH_BATCHES) if workers == 0 else contextlib.nullcontext(loader)
+    )
+    with batches as loaded:
+        for batch in loaded:
+            scored = score_loaded(scorer, batch, hardness, heatmap_size, amp)
+            write_scored(conn, scorer.target, run_id, scored, files)
+            report.add(batch["n"], batch["bad"], batch["skipped"])
+            bar.update(batch["n"])
     bar.close()
     return report
 

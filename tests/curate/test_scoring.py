@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from curate import store
 from curate.ingest.pool_sources import iter_pool
 from curate.ingest.register import ingest_pool
 from curate.neighbours.near_duplicates import CONFIRM_EMBEDDER, THUMB_EMBEDDER
+from curate.score import scoring
 from curate.score.scoring import (
     VOC_CLASSES,
     Scorer,
@@ -178,6 +181,34 @@ def test_workers_shard_the_pool_without_gaps_or_repeats(tmp_path, conn, scorer):
     run_id = _ingested(conn, tmp_path / "pool")
     report = score_pool(conn, scorer, run_id, batch_size=2, workers=2)
     assert report.counts["scored"] == len(truth)
+    assert set(_score_rows(conn)) == set(truth)
+
+
+def test_a_pass_stopped_mid_way_keeps_its_batches_stops_reading_and_resumes(
+    tmp_path, conn, scorer, monkeypatch
+):
+    truth = _planted_pool(tmp_path / "pool")
+    run_id = _ingested(conn, tmp_path / "pool")
+    forwards = []
+
+    def interrupted_on_the_third_batch(*args, **kwargs):
+        forwards.append(1)
+        if len(forwards) == 3:
+            raise KeyboardInterrupt
+        return real_score_loaded(*args, **kwargs)
+
+    real_score_loaded = scoring.score_loaded
+    monkeypatch.setattr(scoring, "score_loaded", interrupted_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        score_pool(conn, scorer, run_id, batch_size=2, workers=0)
+    assert len(_score_rows(conn)) == 4  # the two batches before the interruption, committed
+    # the thread that read ahead is gone, not left reading the pool
+    deadline = time.monotonic() + 5
+    while any(t.name == "prefetch" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "prefetch" for t in threading.enumerate())
+    monkeypatch.setattr(scoring, "score_loaded", real_score_loaded)
+    assert score_pool(conn, scorer, run_id, batch_size=2, workers=0).counts["scored"] == 4
     assert set(_score_rows(conn)) == set(truth)
 
 
