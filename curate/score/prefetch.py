@@ -25,7 +25,7 @@ class Prefetcher(Generic[T]):
     Items come out in the source's order. An exception raised by the source is raised again in
     the consumer, with its traceback, when the consumer reaches it. Leaving the ``with`` block (or
     calling ``close``), also early or on an exception, stops the thread: it finishes the item it
-    is building and takes no more from the source.
+    is building, takes no more from the source and closes it (a generator's ``finally`` runs).
 
     Examples
     --------
@@ -55,13 +55,19 @@ class Prefetcher(Generic[T]):
         return False
 
     def _produce(self, source: Iterable[T]) -> None:
+        iterator = iter(source)
         try:
-            for item in source:
+            for item in iterator:
                 if not self._put((_ITEM, item)):
                     return
         except BaseException as exc:  # handed to the consumer, which raises it
             self._put((_ERROR, exc))
             return
+        finally:
+            # a generator left early runs its cleanup here, in this thread, not at garbage collection
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
         self._put((_DONE, None))
 
     def __iter__(self) -> Iterator[T]:

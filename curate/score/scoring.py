@@ -230,7 +230,9 @@ def score_pool(
     bar = progress(total=total, desc="score", unit="img")
     # without worker processes, a thread reads and decodes the next batch during this one's forward
     batches = (
-        Prefetcher(loader, PREFETCH_BATCHES) if workers == 0 else contextlib.nullcontext(loader)
+        Prefetcher(_on_one_thread(loader), PREFETCH_BATCHES)
+        if workers == 0
+        else contextlib.nullcontext(loader)
     )
     with batches as loaded:
         for batch in loaded:
@@ -240,6 +242,13 @@ def score_pool(
             bar.update(batch["n"])
     bar.close()
     return report
+
+
+def _on_one_thread(batches):
+    """Iterate ``batches`` on one torch CPU thread (run by the prefetching thread), so that its
+    tensor copies do not start a second team of threads competing with the forward's."""
+    with one_cpu_thread():
+        yield from batches
 
 
 def score_loaded(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 
@@ -62,14 +63,17 @@ def test_an_exception_in_the_source_reaches_the_consumer_after_the_items_before_
 
 
 def test_leaving_early_stops_the_thread_and_it_takes_no_more_items():
-    produced = []
+    produced, cleaned_up_in = [], []
 
     def endless():
         k = 0
-        while True:
-            produced.append(k)
-            yield k
-            k += 1
+        try:
+            while True:
+                produced.append(k)
+                yield k
+                k += 1
+        finally:
+            cleaned_up_in.append(threading.current_thread().name)
 
     with Prefetcher(endless(), depth=2) as items:
         for item in items:
@@ -82,6 +86,7 @@ def test_leaving_early_stops_the_thread_and_it_takes_no_more_items():
     assert len(produced) == count
     with pytest.raises(StopIteration):
         next(items)
+    assert cleaned_up_in == ["prefetch"]  # the source was closed by its own thread
 
 
 def test_an_exception_in_the_consumer_stops_a_producer_blocked_on_a_full_queue():
