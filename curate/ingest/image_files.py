@@ -48,20 +48,43 @@ class RefusedFile(Exception):
         )
 
 
-def locate_in_root(root: str | Path, relpath: str) -> tuple[Path | None, str | None]:
+def resolve_root(root: str | Path) -> tuple[Path | None, str | None]:
+    """``(root resolved, None)``, ``(None, MISSING)`` when it cannot be resolved, or
+    ``(None, BAD_PATH)`` for a root that is not an absolute path.
+
+    ``locate_in_root`` calls it for every file; a caller that locates many files under one root
+    resolves it once and passes the result on (``resolved_root``).
+    """
+    if "\x00" in str(root) or not Path(root).is_absolute():
+        return None, BAD_PATH
+    try:
+        return Path(root).resolve(strict=True), None
+    except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
+        return None, MISSING
+
+
+def locate_in_root(
+    root: str | Path,
+    relpath: str,
+    resolved_root: tuple[Path | None, str | None] | None = None,
+) -> tuple[Path | None, str | None]:
     """``(root / relpath resolved, None)``, or ``(None, reason)`` when the file may not be used.
 
     Rejects absolute and ``..`` relative paths, NUL bytes and roots that are not absolute folders
     (``bad_relative_path``), missing files, and symlinks (anywhere along the path) that lead out
     of the root (``outside_pool_root``). It does not open the file: see ``read_pool_file``.
+    ``resolved_root`` is ``resolve_root(root)`` computed once for many files under one root; a
+    root replaced since then only makes its files fail the containment check.
     """
     if not relpath or "\x00" in relpath or "\x00" in str(root):
         return None, BAD_PATH
     rel = PurePosixPath(relpath.replace("\\", "/"))
     if rel.is_absolute() or ".." in rel.parts or not Path(root).is_absolute():
         return None, BAD_PATH
+    real_root, reason = resolve_root(root) if resolved_root is None else resolved_root
+    if real_root is None:
+        return None, reason
     try:
-        real_root = Path(root).resolve(strict=True)
         candidate = (real_root / rel).resolve(strict=True)
     except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
         return None, MISSING

@@ -44,6 +44,7 @@ from curate.ingest.image_files import (
     RefusedFile,
     locate_in_root,
     read_pool_file,
+    resolve_root,
 )
 from curate.ingest.pool_sources import PoolFile
 from wood_train.progress import progress
@@ -107,13 +108,18 @@ def _hash_file(path: Path, max_bytes: int) -> tuple[str | None, int, RefusedFile
     return hashlib.sha256(data).hexdigest(), len(data), None
 
 
-def _contained(item: PoolFile, follow_symlinks: bool) -> tuple[PoolFile | None, str | None]:
+def _contained(
+    item: PoolFile, follow_symlinks: bool, roots: dict
+) -> tuple[PoolFile | None, str | None]:
     """The item as it will be registered, or a refusal reason (the app's containment rule).
 
     With ``follow_symlinks`` a link out of the root is registered as its target, under the
-    target's own folder, so the app (which serves only registered roots) can show it.
+    target's own folder, so the app (which serves only registered roots) can show it. ``roots``
+    caches each root resolved (``resolve_root``) for the chunk.
     """
-    found, reason = locate_in_root(item.root, item.relpath)
+    if item.root not in roots:
+        roots[item.root] = resolve_root(item.root)
+    found, reason = locate_in_root(item.root, item.relpath, roots[item.root])
     if reason == OUTSIDE_ROOT and follow_symlinks:
         target = (item.root / item.relpath).resolve()
         return PoolFile(target.parent, target.name, item.tags), None
@@ -147,9 +153,9 @@ def _ingest_chunk(
     pool: ThreadPoolExecutor,
     report: IngestReport,
 ) -> None:
-    usable = []
+    usable, roots = [], {}
     for item in chunk:
-        located, reason = _contained(item, options["follow_symlinks"])
+        located, reason = _contained(item, options["follow_symlinks"], roots)
         if located is None:
             report.refuse(item, reason)
         else:

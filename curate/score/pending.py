@@ -27,6 +27,7 @@ from curate.ingest.image_files import (
     RefusedFile,
     locate_in_root,
     read_pool_file,
+    resolve_root,
 )
 from curate.neighbours.near_duplicates import confirmation_thumbnail, thumbnail_descriptor
 from wood_train.data.imageio import ImageDecodeError, decode_image
@@ -74,9 +75,12 @@ def load_for_scoring(
     image_size: int,
     clip: bool,
     max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 2**20),
+    resolved_root: tuple | None = None,
 ) -> dict[str, Any]:
-    """Read, verify and decode one image into a padded square tensor, or a bad-image record."""
-    path, refusal = locate_in_root(root, relpath)
+    """Read, verify and decode one image into a padded square tensor, or a bad-image record.
+
+    ``resolved_root``: ``image_files.resolve_root(root)``, when the caller resolved it once."""
+    path, refusal = locate_in_root(root, relpath, resolved_root)
     shown = store.shown_path(Path(root) / relpath)
     if path is None:
         return {"sha256": sha256, "skip": refusal, "detail": shown}
@@ -156,13 +160,15 @@ class PendingImages(IterableDataset):
             if not page:
                 return
             after = page[-1][0]
+            roots: dict[str, tuple] = {}  # each root resolved once a page
             for sha256, root, relpath in page:
                 # shard by content hash, not by position, so rows other workers finish in the
                 # meantime cannot shift which images this worker owns
                 if int(sha256[:8], 16) % n_workers == worker:
-                    yield load_for_scoring(
-                        sha256, root, relpath, self.image_size, self.clip, self.max_file_bytes
-                    )
+                    if root not in roots:
+                        roots[root] = resolve_root(root)
+                    yield load_for_scoring(sha256, root, relpath, self.image_size, self.clip,
+                                           self.max_file_bytes, roots[root])  # fmt: skip
 
 
 def collate_scoring(items: list[dict[str, Any]]) -> dict[str, Any]:
