@@ -73,8 +73,8 @@ def locate_in_root(
     Rejects absolute and ``..`` relative paths, NUL bytes and roots that are not absolute folders
     (``bad_relative_path``), missing files, and symlinks (anywhere along the path) that lead out
     of the root (``outside_pool_root``). It does not open the file: see ``read_pool_file``.
-    ``resolved_root`` is ``resolve_root(root)`` computed once for many files under one root; a
-    root replaced since then only makes its files fail the containment check.
+    ``resolved_root`` is ``resolve_root(root)`` computed once for many files under one root; the
+    file is then looked up, and contained, under the root as it was resolved.
     """
     if not relpath or "\x00" in relpath or "\x00" in str(root):
         return None, BAD_PATH

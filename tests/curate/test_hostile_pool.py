@@ -220,6 +220,28 @@ def test_scoring_applies_the_containment_rule_again(tmp_path, db, checkpoint):
         assert conn.execute("SELECT COUNT(*) FROM scores WHERE sha256 = ?", (link_sha,)).fetchone()[0] == 0  # fmt: skip
 
 
+def test_a_root_resolved_once_gives_the_same_answers_and_stays_where_it_was_resolved(tmp_path):
+    real, other = tmp_path / "real", tmp_path / "other"
+    save_image(cue_image(0, 1), real / "a.png")
+    save_image(cue_image(1, 2), other / "a.png")
+    (real / "out.png").symlink_to(other / "a.png")
+    root = tmp_path / "pool"
+    root.symlink_to(real)
+    resolved = image_files.resolve_root(root)
+    assert resolved == (real.resolve(), None)
+    for rel in ("a.png", "out.png", "gone.png", "../other/a.png", "/etc/passwd", ".", "a\x00.png"):
+        assert image_files.locate_in_root(root, rel, resolved) == image_files.locate_in_root(
+            root, rel
+        ), rel
+    assert image_files.resolve_root("relative/root") == (None, image_files.BAD_PATH)
+    assert image_files.resolve_root(tmp_path / "missing") == (None, image_files.MISSING)
+    # the root link now leads elsewhere: a lookup with the root resolved before stays inside it
+    root.unlink()
+    root.symlink_to(other)
+    assert image_files.locate_in_root(root, "a.png", resolved) == ((real / "a.png").resolve(), None)
+    assert image_files.locate_in_root(root, "a.png") == ((other / "a.png").resolve(), None)
+
+
 _RUNNER = """
 import sys, time
 from curate import store
