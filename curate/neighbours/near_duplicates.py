@@ -138,15 +138,18 @@ def thumbnail_views(thumbnails: np.ndarray, whole_only: bool = False) -> np.ndar
     r = COMPARE_SIDE
     # rows: (R, S) @ (S, B*3*S) -> (R, B, 3, S)
     rows = (matrix @ images.transpose(2, 0, 1, 3).reshape(side, -1)).reshape(-1, b, 3, side)
-    parts, start = [], 0
+    views = np.empty((b, sum(n * n for n in counts), 3 * r * r), np.float32)
+    start, first_view = 0, 0
     for n in counts:
         block = matrix[start : start + n * r]  # this side's windows, for the columns
         these = rows[start : start + n * r].reshape(-1, side)
         # columns: (n*r*B*3, S) @ (S, n*r) -> (n_y, r_y, B, 3, n_x, r_x)
         cells = (these @ block.T).reshape(n, r, b, 3, n, r)
-        parts.append(cells.transpose(2, 0, 4, 3, 1, 5).reshape(b, n * n, 3 * r * r))
+        # copied once, straight into this side's views (B, n_y, n_x, 3, r_y, r_x)
+        target = views[:, first_view : first_view + n * n].reshape(b, n, n, 3, r, r)
+        np.copyto(target, cells.transpose(2, 0, 4, 3, 1, 5))
         start += n * r
-    views = np.concatenate(parts, axis=1)
+        first_view += n * n
     views -= views.mean(axis=-1, keepdims=True)  # in place: the block is the largest array here
     views /= np.maximum(np.sqrt(np.einsum("bvd,bvd->bv", views, views)), 1e-6)[..., None]
     return views
@@ -292,10 +295,15 @@ def confirm_pairs(pairs: np.ndarray, thumbnails: np.ndarray) -> np.ndarray:
         return edge[lo:hi], best
 
     bar = progress(total=len(images), desc="near-duplicate check", unit="img")
-    # numpy releases the GIL in the products, so blocks run side by side on every core
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        starts = range(0, len(images), CONFIRM_BLOCK)
-        for start, (edges, best) in zip(starts, pool.map(block_scores, starts)):
+    starts = range(0, len(images), CONFIRM_BLOCK)
+    cores = os.cpu_count() or 1
+    # numpy releases the GIL in the products, so blocks run side by side on every core; with only
+    # a few (uneven) blocks the threads mostly wait on each other and on the products' own
+    # threads, and one thread is faster (2 blocks: 0.26 s against 0.43 s on a busy 2-core machine)
+    threads = cores if len(starts) >= 2 * cores else 1
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = pool.map(block_scores, starts) if threads > 1 else map(block_scores, starts)
+        for start, (edges, best) in zip(starts, results):
             np.maximum.at(scores, edges, best)
             bar.update(min(CONFIRM_BLOCK, len(images) - start))
     bar.close()
