@@ -115,8 +115,9 @@ def _check(config: MineConfig) -> None:
 def loader_workers(requested: int | None, device) -> int:
     """DataLoader workers: as requested, else 0 on a CPU and up to 8 with a GPU.
 
-    On a CPU, reading and decoding are a few percent of a forward pass and a worker process would
-    compete with the forward's threads for the same cores (``benches/mine_throughput.py``).
+    On a CPU, reading and decoding are a few percent of a forward pass: a thread in this process
+    does them during the forward (``curate.score.prefetch``), where a worker process would compete
+    with the forward's threads for the same cores (``benches/mine_throughput.py``).
     """
     if requested is not None:
         return requested

@@ -1,8 +1,8 @@
 """Score the pool with the baseline classifier (WOOD_SPEC section 2), one forward per image.
 
 A streamed ``IterableDataset`` pages the not-yet-scored images out of the store (keyset pagination,
-so memory does not grow with the pool); DataLoader workers read, verify and decode them. An image
-that cannot be decoded comes back as a record with its ``ImageDecodeError.reason`` and is marked
+so memory does not grow with the pool); DataLoader workers read, verify and decode them (without
+workers, a thread does, a few batches ahead of the forward). An image that cannot be decoded comes back as a record with its ``ImageDecodeError.reason`` and is marked
 ``status='bad'``; it never stops the run. Each batch is written in one transaction (scores, image
 sizes, bad images, embeddings), so a run killed at any moment resumes where it stopped and never
 writes a row twice.
