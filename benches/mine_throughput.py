@@ -2,8 +2,9 @@
 
 Both run in this one process, alternating (bare, mine, bare, mine, ...), so they share the same
 machine load. ``mine`` starts from an empty store each time and does everything: hash and register
-the files, read and decode them in DataLoader workers, forward, heatmaps, writes, embeddings, near-
-duplicate grouping, clustering and the queue. The bare forward gets the images already decoded and
+the files, read and decode them (in a thread during the forward, or in DataLoader workers with
+``--workers``), forward, heatmaps, writes, embeddings, near-duplicate grouping, clustering and the
+queue. The bare forward gets the images already decoded and
 normalised in memory and only runs ``forward_features`` in batches of the same size.
 
 Two sizes, in one run: the world (64 px, resnet18, the default world's 1,200 pool images) and
