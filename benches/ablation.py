@@ -41,19 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.demo.simulated_annotators import truth_by_sha  # noqa: E402
 from benches.cells import run_cells  # noqa: E402
+from benches.world_bench import evaluate_on_val, world_and_baseline  # noqa: E402
 from curate import store  # noqa: E402
 from curate.mine import mine  # noqa: E402
 from curate.mine_config import PRESETS as MINE_PRESETS  # noqa: E402
 from curate.queue.build import queue_frame  # noqa: E402
 from wood_train import config as cfg  # noqa: E402
-from wood_train.cam.config import CamConfig  # noqa: E402
-from wood_train.cam.evaluate import evaluate_cams  # noqa: E402
-from wood_train.cam.make import make_cams  # noqa: E402
 from wood_train.model.checkpoint import read_checkpoint  # noqa: E402
 from wood_train.train import train  # noqa: E402
-from wood_train.train_config import PRESETS  # noqa: E402
-from wood_train.world.config import WORLD_PRESETS  # noqa: E402
-from wood_train.world.generate import generate_world, world_hash  # noqa: E402
 from wood_train.world.truth import read_pool_truth  # noqa: E402
 
 ARMS = {
@@ -84,13 +79,6 @@ def random_ood_list(world, n: int, seed: int) -> list[str]:
     truth = read_pool_truth(world.root)
     clean = truth[truth.objects.isna() | (truth.objects == "")].file.tolist()
     return sorted(np.random.default_rng(seed).choice(clean, n, replace=False).tolist())
-
-
-def evaluate(checkpoint: Path, world, cam_dir: Path, scales) -> dict:
-    make_cams(CamConfig(checkpoint=checkpoint, voc_root=world.voc_root, split="val", out_dir=cam_dir,
-                        scales=scales, num_workers=0))  # fmt: skip
-    result = evaluate_cams(cam_dir, world.voc_root, "val")
-    return {"miou": result.miou, "spurious": result.spurious_activation_rate}
 
 
 def spread(values: pd.Series, scale: float, digits: int) -> str:
@@ -138,7 +126,7 @@ def run_arm(ws: Path, world, base_cfg, baseline: Path, arm: str, spec: dict, ood
         changes.update(ood_manifest=out / "ood_list.txt", ood_image_root=world.pool_dir)
     started = time.time()
     result = train(cfg.replace(base_cfg, **changes))
-    scores = {**evaluate(result.checkpoint, world, out / "cams", tuple(args.scales)),
+    scores = {**evaluate_on_val(result.checkpoint, world, out / "cams", args.scales),
               "train_seconds": time.time() - started}  # fmt: skip
     done.write_text(json.dumps(scores))
     return scores
@@ -163,16 +151,10 @@ def main() -> int:
                         help="arms trained at once, one core each (1: one process, all cores)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    world_config = cfg.replace(WORLD_PRESETS["default"], seed=args.world_seed)
-    # one folder per world (config and generator version): a changed world never meets stale runs
-    ws = args.workspace / f"world-seed{args.world_seed}-{world_hash(world_config)}"
-    ws.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    world = generate_world(world_config, ws / "world")
-    base_cfg = cfg.replace(PRESETS["world"], voc_root=world.voc_root, out_dir=ws / "baseline",
-                           val_split=None)  # fmt: skip
-    baseline = args.baseline or train(base_cfg).checkpoint
-    print(f"baseline: {baseline} ({time.time() - t0:.0f} s so far)")
+    ws, world, base_cfg, baseline = world_and_baseline(
+        args.workspace, args.world_seed, args.baseline
+    )
     lists = {"hard": hard_ood_list(ws, world, baseline, args.n_ood)}
     tasks = []
     for seed in range(args.seeds):
@@ -187,7 +169,7 @@ def main() -> int:
         print(f"  {arm:28s} seed {seed}: mIoU {scores['miou']:.3f} spurious {scores['spurious']:.3f} "
               f"({scores['train_seconds']:.0f} s train)")  # fmt: skip
     sha = read_checkpoint(baseline)["weights_sha256"]
-    base_scores = evaluate(
+    base_scores = evaluate_on_val(
         Path(baseline), world, ws / f"baseline_cams-{sha[:12]}", tuple(args.scales)
     )
     frame = pd.DataFrame(rows)

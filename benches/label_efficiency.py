@@ -44,19 +44,14 @@ from app.demo.charts import Line, line_chart  # noqa: E402
 from app.demo.config import DemoConfig  # noqa: E402
 from app.demo.simulated_annotators import SimulatedTeam  # noqa: E402
 from benches.cells import run_cells  # noqa: E402
+from benches.world_bench import evaluate_on_val, world_and_baseline  # noqa: E402
 from curate import store  # noqa: E402
 from curate.mine import mine  # noqa: E402
 from curate.mine_config import PRESETS as MINE_PRESETS  # noqa: E402
 from curate.queue.build import queue_frame  # noqa: E402
 from wood_train import config as cfg  # noqa: E402
-from wood_train.cam.config import CamConfig  # noqa: E402
-from wood_train.cam.evaluate import evaluate_cams  # noqa: E402
-from wood_train.cam.make import make_cams  # noqa: E402
 from wood_train.model.checkpoint import read_checkpoint  # noqa: E402
 from wood_train.train import train  # noqa: E402
-from wood_train.train_config import PRESETS  # noqa: E402
-from wood_train.world.config import WORLD_PRESETS  # noqa: E402
-from wood_train.world.generate import generate_world, world_hash  # noqa: E402
 from wood_train.world.truth import read_pool_truth  # noqa: E402
 
 STRATEGIES = {
@@ -110,10 +105,7 @@ def spend(order: list[str], budget: int, judged_empty: dict[str, bool]) -> list[
 
 
 def evaluate(checkpoint: Path, world, cam_dir: Path) -> dict:
-    make_cams(CamConfig(checkpoint=checkpoint, voc_root=world.voc_root, split="val",
-                        out_dir=cam_dir, scales=DEMO.cam_scales, num_workers=0))  # fmt: skip
-    result = evaluate_cams(cam_dir, world.voc_root, "val")
-    return {"miou": result.miou, "spurious": result.spurious_activation_rate}
+    return evaluate_on_val(checkpoint, world, cam_dir, DEMO.cam_scales)
 
 
 def run_cell(
@@ -183,17 +175,11 @@ def main() -> int:
         "--plot", type=Path, help="PNG to write (default: workspace/label_efficiency.png)"
     )
     args = parser.parse_args()
-    world_config = cfg.replace(WORLD_PRESETS["default"], seed=args.world_seed)
-    # one folder per world (config and generator version): a changed world never meets stale runs
-    ws = args.workspace / f"world-seed{args.world_seed}-{world_hash(world_config)}"
-    ws.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    world = generate_world(world_config, ws / "world")
+    ws, world, base_cfg, baseline = world_and_baseline(
+        args.workspace, args.world_seed, args.baseline
+    )
     truth = read_pool_truth(world.root)
-    base_cfg = cfg.replace(PRESETS["world"], voc_root=world.voc_root, val_split=None,
-                           out_dir=ws / "baseline")  # fmt: skip
-    baseline = args.baseline or train(base_cfg).checkpoint
-    print(f"baseline: {baseline} ({time.time() - started:.0f} s so far)")
     orders = {"queue": queue_order(ws, world, baseline, max(args.budgets))}
     orders["classifier"] = classifier_order(ws)
     sha = read_checkpoint(baseline)["weights_sha256"]
