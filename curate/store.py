@@ -53,6 +53,7 @@ from curate.store_migrations import (
     add_review_items,
     add_verdict_facts,
     fold_annotator_names,
+    index_embedding_rows,
 )
 from wood_train.errors import DataError, MissingInputError
 
@@ -132,6 +133,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     add_review_items,
     add_leads_and_gold,
     fold_annotator_names,
+    index_embedding_rows,
 ]
 STORE_SCHEMA_VERSION = len(MIGRATIONS)
 

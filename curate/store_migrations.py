@@ -148,3 +148,10 @@ def fold_annotator_names(conn: sqlite3.Connection) -> None:
         "UPDATE verdicts SET annotator = lower(annotator) WHERE annotator != lower(annotator)"
     )
     conn.execute("DELETE FROM leases WHERE annotator != lower(annotator)")  # leases are short-lived
+
+
+def index_embedding_rows(conn: sqlite3.Connection) -> None:
+    """Look up an embedder's rows by file row: ``hardood similar`` turns the rows its index
+    returns into image keys, and without this index each question scanned every embedding
+    (2 s at 10M images)."""
+    conn.execute("CREATE INDEX IF NOT EXISTS embeddings_row ON embeddings(embedder, row)")

@@ -158,8 +158,9 @@ def test_failed_migration_leaves_the_store_at_its_old_version(tmp_path, monkeypa
 def test_newer_schema_is_refused_with_a_clear_error(tmp_path):
     db = store.open_store(tmp_path / "c.db")
     with store.connect(db) as conn:
-        store.set_meta(conn, "schema_version", "7")
-    with pytest.raises(ValueError, match=r"c\.db.*schema version 7.*upgrade hardood"):
+        store.set_meta(conn, "schema_version", str(store.STORE_SCHEMA_VERSION + 1))
+    newer = store.STORE_SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match=rf"c\.db.*schema version {newer}.*upgrade hardood"):
         store.open_store(db)
 
 
@@ -291,3 +292,27 @@ def test_a_store_from_before_the_review_migrations_is_upgraded(tmp_path, monkeyp
         ]
         index = conn.execute("SELECT sha256, live_votes FROM review_items").fetchall()
         assert [tuple(r) for r in index] == [("a" * 64, 1)]
+
+
+def test_embedding_rows_are_looked_up_by_index_also_in_an_upgraded_store(tmp_path, monkeypatch):
+    """`hardood similar` maps the file rows its index returns to keys; at 10M images a scan of
+    the embeddings table per question took 2 s. A store from before the index gets it."""
+    query = (
+        "EXPLAIN QUERY PLAN SELECT row, sha256 FROM embeddings WHERE embedder = ? AND row IN (3, 7)"
+    )
+    old = tmp_path / "old.db"
+    monkeypatch.setattr(store, "MIGRATIONS", store.MIGRATIONS[:-1])
+    monkeypatch.setattr(store, "STORE_SCHEMA_VERSION", len(store.MIGRATIONS))
+    store.open_store(old)
+    with store.connect(old) as conn:
+        plan = " ".join(str(tuple(r)) for r in conn.execute(query, ("clip",)))
+        assert "embeddings_row" not in plan
+    monkeypatch.undo()
+    for db in (old, tmp_path / "new.db"):
+        store.open_store(db)
+        with store.connect(db) as conn:
+            plan = " ".join(str(tuple(r)) for r in conn.execute(query, ("clip",)))
+            assert (
+                "USING COVERING INDEX embeddings_row" in plan
+                or "USING INDEX embeddings_row" in plan
+            ), plan
