@@ -26,9 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benches.peak_memory import AnonymousPeak  # noqa: E402
 from curate import store  # noqa: E402
 from curate.neighbours.similar import find_similar  # noqa: E402
 from curate.neighbours.vector_index import EmbeddingFile  # noqa: E402
+from wood_train.progress import progress  # noqa: E402
 
 EMBEDDER = "clip-bench"
 CHUNK = 65_536
@@ -49,7 +51,7 @@ def build_store(args, db: Path) -> list[str]:
     keys = [f"{i:064x}" for i in range(args.n)]
     with store.connect(db) as conn:
         file = EmbeddingFile(conn, EMBEDDER, args.dim, dtype="float16")
-        for start in range(0, args.n, CHUNK):
+        for start in progress(range(0, args.n, CHUNK), desc="writing the store", unit="chunk"):
             chunk = keys[start : start + CHUNK]
             with store.transaction(conn):
                 conn.executemany(
@@ -91,17 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/benches/similar_scale"))
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
-    os.environ.setdefault("HARDOOD_QUIET", "1")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     db = args.work_dir / f"similar{args.n}.db"
     started = time.perf_counter()
     keys = build_store(args, db)
     made = time.perf_counter() - started
     rows = np.random.default_rng(args.seed + 1).choice(args.n, args.queries + 1, replace=False)
-    with store.connect(db) as conn:
+    with store.connect(db) as conn, AnonymousPeak() as anonymous:
         started = time.perf_counter()
         find_similar(conn, keys[rows[0]], k=args.k, embedder=EMBEDDER)
         first = time.perf_counter() - started
+        os.environ.setdefault("HARDOOD_QUIET", "1")  # no bars around the timed questions
         seconds, recalls = [], []
         data = EmbeddingFile.open(conn, EMBEDDER)._memmap()
         exact = exact_neighbours(data, [int(r) for r in rows[1:]], args.k)
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             "< 1",
         ),
         (f"recall@{args.k} (mean / min)", f"{np.mean(recalls):.3f} / {min(recalls):.2f}", ">= 0.9"),
-        ("peak RSS (GB)", f"{peak:.2f}", ""),
+        ("peak anonymous memory, questions (GB)", f"{anonymous.mb / 1024:.2f}", ""),
+        ("peak RSS, with read pages of the memory maps (GB)", f"{peak:.2f}", ""),
         ("load average (1 / 5 / 15 min)", " / ".join(f"{v:.1f}" for v in os.getloadavg()), ""),
     ]
     width = max(len(r[0]) for r in rows_out)

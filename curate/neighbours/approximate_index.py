@@ -25,7 +25,12 @@ from wood_train.progress import progress
 
 APPROXIMATE_FROM = 100_000
 NPROBE = 64
-RERANK = 8  # candidates per neighbour asked for, re-ranked exactly
+# candidates per neighbour asked for, re-ranked exactly: at 10M vectors, 8 found 0.71 of the
+# exact 20 nearest, 32 found 0.94 and 64 found 0.96, all in the same 0.43 s per question
+RERANK = 64
+# the HNSW coarse quantizer's search depth when it picks the NPROBE lists; faiss's default (16)
+# sometimes misses the query's own region entirely (recall 0 for 1 question of 20 at 10M)
+QUANTIZER_EF_SEARCH = 2 * NPROBE
 MAX_LISTS = 4096
 LISTS_PER_SQRT_N = 2
 TRAIN_POINTS_PER_LIST = 32
@@ -77,7 +82,11 @@ def load_or_build(conn: sqlite3.Connection, embedder: str) -> faiss.Index:
         faiss.write_index(index, str(tmp))
         tmp.replace(index_path)
         meta_path.write_text(json.dumps({"rows": n, "factory": _factory(n, file.dim)}))
-    faiss.extract_index_ivf(index).nprobe = NPROBE
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = NPROBE
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(QUANTIZER_EF_SEARCH, ivf.nprobe)
     return index
 
 

@@ -264,3 +264,30 @@ def test_beyond_the_exact_limit_a_saved_compressed_index_answers_and_grows(tmp_p
         table = find_similar(conn, shas[7], k=5, embedder=EMBEDDER)
         assert table["sha256"].iloc[0] == copy
         assert json.loads((folder / f"{EMBEDDER}.ivfpq.json").read_text())["rows"] == 3001
+
+
+def test_the_compressed_index_probes_its_lists_with_a_deep_quantizer_search(tmp_path):
+    """The HNSW coarse quantizer must search at least as deep as the lists it probes: with
+    faiss's default depth (16) for 64 lists, one question of 20 at 10M images found none of its
+    20 nearest."""
+    import faiss
+
+    from curate.neighbours import approximate_index
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((5000, 16)).astype(np.float32)
+    shas = [f"{i:064x}" for i in range(5000)]
+    db = store.open_store(tmp_path / "big.db")
+    with store.connect(db) as conn:
+        with store.transaction(conn):
+            conn.executemany(
+                "INSERT INTO images(sha256, status) VALUES (?, 'ok')", [(s,) for s in shas]
+            )
+            EmbeddingFile(conn, EMBEDDER, dim=16).append(shas, vectors)
+        for _ in range(2):  # built, then read back from disk
+            index = approximate_index.load_or_build(conn, EMBEDDER)
+            ivf = faiss.extract_index_ivf(index)
+            quantizer = faiss.downcast_index(ivf.quantizer)
+            assert isinstance(quantizer, faiss.IndexHNSW)
+            assert ivf.nprobe == approximate_index.NPROBE
+            assert quantizer.hnsw.efSearch >= 2 * ivf.nprobe
