@@ -138,17 +138,41 @@ def line_chart(
             draw.line(points, fill=colour, width=3)
         for px, py in points:
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-    _legend(draw, [line.label for line in lines], frame)
+    _legend(draw, [line.label for line in lines], frame, lines)
     image.save(out)
     return Path(out)
 
 
-def _legend(draw: ImageDraw.ImageDraw, labels: list[str], frame: _Frame) -> None:
-    x, y = frame.left + 10, frame.top + 8
+def legend_corner(lines: list[Line], frame: _Frame, box: tuple[float, float]) -> tuple[int, int]:
+    """Top-left pixel of a ``box`` (width, height) legend in the corner of the plot area that
+    the fewest points of the lines fall in (ties: top-left, then top-right, bottom-left)."""
+    w, h = box
+    right, bottom = frame.left + frame.width, frame.top + frame.height
+    corners = [(frame.left + 8, frame.top + 6), (right - 8 - w, frame.top + 6),
+               (frame.left + 8, bottom - 6 - h), (right - 8 - w, bottom - 6 - h)]  # fmt: skip
+    points = []
+    for line in lines:  # the mean lines, sampled along each segment
+        xy = [frame.px(x, y) for x, y in zip(line.x, line.mean)]
+        for (x0, y0), (x1, y1) in zip(xy, xy[1:] or xy):
+            points += [(x0 + t * (x1 - x0), y0 + t * (y1 - y0)) for t in np.linspace(0, 1, 40)]
+
+    def covered(corner):
+        x, y = corner
+        return sum(x - 4 <= px <= x + w + 4 and y - 4 <= py <= y + h + 4 for px, py in points)
+
+    return min(corners, key=covered)
+
+
+def _legend(draw: ImageDraw.ImageDraw, labels: list[str], frame: _Frame, lines=()) -> None:
+    font = _font(12)
+    box = (34 + max(draw.textlength(label, font=font) for label in labels), 18 * len(labels))
+    x, y = legend_corner(list(lines), frame, box)
+    draw.rectangle([x - 4, y - 3, x + box[0] + 4, y + box[1] + 1], fill="white",
+                   outline=(200, 200, 200))  # fmt: skip
     for k, label in enumerate(labels):
         colour = COLOURS[k % len(COLOURS)]
         draw.line([(x, y + 7 + 18 * k), (x + 22, y + 7 + 18 * k)], fill=colour, width=3)
-        draw.text((x + 28, y + 18 * k), label, fill="black", font=_font(12))
+        draw.text((x + 28, y + 18 * k), label, fill="black", font=font)
 
 
 def histogram_panels(
