@@ -233,6 +233,18 @@ def test_a_file_name_stored_for_two_images_asks_for_more(arc_store, tmp_path):
     assert find_similar(conn, str(paths[3].resolve()), k=1).sha256.tolist() == [shas[2]]
 
 
+def _store_of_vectors(db_file, vectors):
+    """A store whose images (keys 0, 1, ... as hex) have ``vectors`` as their embeddings."""
+    shas = [f"{i:064x}" for i in range(len(vectors))]
+    db = store.open_store(db_file)
+    with store.connect(db) as conn, store.transaction(conn):
+        conn.executemany(
+            "INSERT INTO images(sha256, status) VALUES (?, 'ok')", [(s,) for s in shas]
+        )
+        EmbeddingFile(conn, EMBEDDER, dim=vectors.shape[1]).append(shas, vectors)
+    return shas, db
+
+
 def test_beyond_the_exact_limit_a_saved_compressed_index_answers_and_grows(tmp_path, monkeypatch):
     from curate.neighbours import similar as similar_module
 
@@ -240,14 +252,8 @@ def test_beyond_the_exact_limit_a_saved_compressed_index_answers_and_grows(tmp_p
     centres = rng.standard_normal((40, 32))
     vectors = centres[rng.integers(0, 40, 3000)] + 0.35 * rng.standard_normal((3000, 32))
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    shas = [f"{i:064x}" for i in range(3000)]
-    db = store.open_store(tmp_path / "big.db")
+    shas, db = _store_of_vectors(tmp_path / "big.db", vectors)
     with store.connect(db) as conn:
-        with store.transaction(conn):
-            conn.executemany(
-                "INSERT INTO images(sha256, status) VALUES (?, 'ok')", [(s,) for s in shas]
-            )
-            EmbeddingFile(conn, EMBEDDER, dim=32).append(shas, vectors)
         monkeypatch.setattr(similar_module, "APPROXIMATE_FROM", 1000)
         exact = np.argsort(-(vectors @ vectors[7]))[1:21]
         table = find_similar(conn, shas[7], k=20, embedder=EMBEDDER)
@@ -276,14 +282,8 @@ def test_the_compressed_index_probes_its_lists_with_a_deep_quantizer_search(tmp_
 
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((5000, 16)).astype(np.float32)
-    shas = [f"{i:064x}" for i in range(5000)]
-    db = store.open_store(tmp_path / "big.db")
+    _, db = _store_of_vectors(tmp_path / "big.db", vectors)
     with store.connect(db) as conn:
-        with store.transaction(conn):
-            conn.executemany(
-                "INSERT INTO images(sha256, status) VALUES (?, 'ok')", [(s,) for s in shas]
-            )
-            EmbeddingFile(conn, EMBEDDER, dim=16).append(shas, vectors)
         for _ in range(2):  # built, then read back from disk
             index = approximate_index.load_or_build(conn, EMBEDDER)
             ivf = faiss.extract_index_ivf(index)
