@@ -17,7 +17,7 @@ recall >= 0.95, false merges <= 1%. The 8 GB is the process's own (anonymous) me
 printed beside it and also counts the pages of the two memory maps it has read, page cache that
 the kernel drops under memory pressure.
 
-    python benches/dedup_scale.py --n 1000000       # about 4 GB of disk in --work-dir
+    python benches/dedup_scale.py --n 1000000       # about 1 GB of disk in --work-dir
     python benches/dedup_scale.py --n 10000000      # about 10 GB of disk in --work-dir
     python benches/dedup_scale.py --n 100000        # quick
 """

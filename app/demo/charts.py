@@ -163,10 +163,10 @@ def legend_corner(lines: list[Line], frame: _Frame, box: tuple[float, float]) ->
     return min(corners, key=covered)
 
 
-def _legend(draw: ImageDraw.ImageDraw, labels: list[str], frame: _Frame, lines=()) -> None:
+def _legend(draw: ImageDraw.ImageDraw, labels: list[str], frame: _Frame, lines: list[Line]) -> None:
     font = _font(12)
     box = (34 + max(draw.textlength(label, font=font) for label in labels), 18 * len(labels))
-    x, y = legend_corner(list(lines), frame, box)
+    x, y = legend_corner(lines, frame, box)
     draw.rectangle([x - 4, y - 3, x + box[0] + 4, y + box[1] + 1], fill="white",
                    outline=(200, 200, 200))  # fmt: skip
     for k, label in enumerate(labels):

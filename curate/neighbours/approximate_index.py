@@ -86,7 +86,7 @@ def load_or_build(conn: sqlite3.Connection, embedder: str) -> faiss.Index:
     ivf.nprobe = NPROBE
     quantizer = faiss.downcast_index(ivf.quantizer)
     if isinstance(quantizer, faiss.IndexHNSW):
-        quantizer.hnsw.efSearch = max(QUANTIZER_EF_SEARCH, ivf.nprobe)
+        quantizer.hnsw.efSearch = QUANTIZER_EF_SEARCH
     return index
 
 
