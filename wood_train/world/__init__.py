@@ -6,7 +6,7 @@ appears without its object, so a classifier trained on image labels learns the c
 spill onto it. The unlabelled pool holds what curation must sort out: hard OoDs (cues, no object),
 easy OoDs (clutter only), contamination (images with objects) and near-duplicates.
 
-Generator versions 2 and 3 make the pool behave like a real candidate pool (OpenImages scored by a
+Generator versions 2 to 4 make the pool behave like a real candidate pool (OpenImages scored by a
 VOC classifier): most images score low, the few that score high are the ones worth a verdict, and the
 cue problem stays. Each choice mirrors a property of real data
 (``benches/world_properties.py`` measures the result on any seed):
@@ -25,6 +25,12 @@ cue problem stays. Each choice mirrors a property of real data
   any colour, and half the distractor shapes saturated, as real walls, doors and bins come in
   every colour. With grey and beige clutter only, one class became the default answer for images
   without any (44% of the easy OoDs' votes on one seed, 49% on another).
+- **Objects recognisable by themselves** (version 4): every object has colours and a pattern that
+  no clutter has (the boat a white hull with a red band and a striped sail, the aeroplane white
+  with coloured wing tips). A real classifier can tell a boat from a brick wall even on dry land.
+  With a brown hull and a cream sail (the colours of bricks and sand), boats without water were
+  never recognised. Those positives kept pulling the boat score up on everything, and boat became
+  the default answer for object-free images (51% of the easy OoDs' votes on one seed).
 - **A ground under the sky classes** (``p_ground``): a band of a clutter texture where a scene's
   bottom holds no cue (aeroplane and bird, a missing cue, background-only scenes). Real planes
   fly over fields and towns; a bare lower half must not say "a sky class".

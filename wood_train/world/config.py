@@ -10,7 +10,7 @@ from wood_train.errors import ConfigError
 from wood_train.world.draw import CLASS_NAMES, CUE_NAMES
 
 # bump when drawing changes, so an old world on disk is not mistaken for the current one
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 POOL_KINDS = ("hard_ood", "easy_ood", "contaminated")
 TRUTH_COLUMNS = ("file", "kind", "cues", "objects", "duplicate_of", "transform")
 

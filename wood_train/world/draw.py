@@ -317,27 +317,35 @@ def train(c: Canvas, rng: np.random.Generator, p: Pose) -> np.ndarray:
 
 
 def boat(c: Canvas, rng: np.random.Generator, p: Pose) -> np.ndarray:
+    """A white hull with a red band and a striped sail: colours no clutter texture has."""
     hull = p.poly(c, (0.18, -0.5), (0.18, 0.5), (0.45, 0.33), (0.45, -0.33))
-    c.paint(hull, jitter(rng, [(0.45, 0.25, 0.1), (0.62, 0.3, 0.08)][rng.integers(2)]))
-    c.paint(hull & (np.abs(c.yy - p.at(0.25, 0)[0]) < 0.6), (0.95, 0.95, 0.92))
+    c.paint(hull, jitter(rng, (0.95, 0.95, 0.93), 0.03))
+    c.paint(
+        hull & (np.abs(c.yy - p.at(0.27, 0)[0]) < max(0.7, 0.05 * p.s)),
+        jitter(rng, (0.8, 0.12, 0.1), 0.05),
+    )
     mast = p.box(c, -0.45, -0.05 - p.thin(0.025), 0.18, -0.05 + p.thin(0.025))
     sail = p.poly(c, (-0.43, -0.05), (0.13, -0.05), (0.13, 0.4))
     jib = p.poly(c, (-0.27, -0.05), (0.13, -0.05), (0.13, -0.35))
-    c.paint(sail | jib, jitter(rng, (0.96, 0.94, 0.86), 0.03))
+    period = max(2.0, 0.14 * p.s)
+    bands = (c.yy - p.cy) % period < period / 2
+    stripe = jitter(rng, [(0.12, 0.2, 0.6), (0.85, 0.15, 0.15)][rng.integers(2)], 0.05)
+    c.paint(sail | jib, jitter(rng, (0.97, 0.96, 0.92), 0.02))
+    c.paint((sail | jib) & bands, stripe)
     c.paint(mast, (0.15, 0.1, 0.05))
     return hull | mast | sail | jib
 
 
 def aeroplane(c: Canvas, rng: np.random.Generator, p: Pose) -> np.ndarray:
-    """Seen from below: fuselage, swept wings and tailplane."""
+    """Seen from below: a white fuselage, swept wings and tailplane with coloured tips."""
     fuselage = p.ellipse(c, 0, 0, 0.09, 0.5)
     wings = np.zeros_like(fuselage)
     for side in (-1, 1):
         wings |= p.poly(c, (0, 0.14), (0, -0.06), (side * 0.33, -0.2), (side * 0.33, -0.08))
         wings |= p.poly(c, (0, -0.36), (0, -0.46), (side * 0.18, -0.5), (side * 0.18, -0.42))
-    colour = jitter(rng, (0.62, 0.64, 0.68), 0.07)
-    c.paint(fuselage | wings, colour)
-    c.paint(wings & (np.abs(c.yy - p.cy) > 0.2 * p.s), colour * 0.6)  # dark wing tips
+    c.paint(fuselage | wings, jitter(rng, (0.93, 0.94, 0.96), 0.03))
+    livery = jitter(rng, [(0.8, 0.1, 0.15), (0.1, 0.25, 0.7)][rng.integers(2)], 0.05)
+    c.paint(wings & (np.abs(c.yy - p.cy) > 0.2 * p.s), livery)  # coloured wing tips
     c.paint(p.ellipse(c, 0, 0.38, 0.05, 0.08), (0.1, 0.12, 0.2))  # cockpit
     return fuselage | wings
 
