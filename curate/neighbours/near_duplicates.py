@@ -63,18 +63,25 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
 
-def thumbnail_descriptor(image: np.ndarray) -> np.ndarray:
-    """(108,) float32: the 6 x 6 RGB box-filtered thumbnail, mean-centred and unit length."""
-    small = Image.fromarray(image).resize((THUMB_DESCRIPTOR_SIDE, THUMB_DESCRIPTOR_SIDE), Image.BOX)
+def _picture(image: np.ndarray | Image.Image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(image)
+
+
+def thumbnail_descriptor(image: np.ndarray | Image.Image) -> np.ndarray:
+    """(108,) float32: the 6 x 6 RGB box-filtered thumbnail, mean-centred and unit length.
+
+    ``image``: (H, W, 3) uint8, or the RGB Pillow image that holds the same pixels."""
+    small = _picture(image).resize((THUMB_DESCRIPTOR_SIDE, THUMB_DESCRIPTOR_SIDE), Image.BOX)
     return _unit(np.asarray(small, np.float32).ravel())
 
 
-def confirmation_thumbnail(image: np.ndarray) -> np.ndarray:
+def confirmation_thumbnail(image: np.ndarray | Image.Image) -> np.ndarray:
     """(CONFIRM_DIM,) uint8: the image area-averaged to CONFIRM_SIDE x CONFIRM_SIDE RGB, flattened.
 
     Scoring stores it (``CONFIRM_EMBEDDER``), so the confirmation never reads an original file.
+    ``image`` as for ``thumbnail_descriptor``.
     """
-    small = Image.fromarray(image).resize((CONFIRM_SIDE, CONFIRM_SIDE), Image.BILINEAR)
+    small = _picture(image).resize((CONFIRM_SIDE, CONFIRM_SIDE), Image.BILINEAR)
     return np.asarray(small, np.uint8).reshape(-1)
 
 

@@ -30,8 +30,8 @@ from curate.ingest.image_files import (
     resolve_root,
 )
 from curate.neighbours.near_duplicates import confirmation_thumbnail, thumbnail_descriptor
-from wood_train.data.imageio import ImageDecodeError, decode_image
-from wood_train.data.transforms import normalize_image, resize_long_side
+from wood_train.data.imageio import ImageDecodeError, decode_picture
+from wood_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_long_side
 
 CLIP_IMAGE_SIZE = 224  # long side of the uint8 copy handed to the CLIP embedder
 PAGE_SIZE = 1024
@@ -101,27 +101,26 @@ def decode_for_scoring(
         # the file was replaced after ingest: its new content is not this image; re-ingest
         return {"sha256": sha256, "skip": "changed_on_disk", "detail": shown}
     try:
-        image = decode_image(data, shown)
+        image, picture = decode_picture(data, shown)
     except ImageDecodeError as exc:
         return {"sha256": sha256, "bad": exc.reason, "detail": str(exc)}
     height, width = image.shape[:2]
-    scaled = image if max(height, width) == image_size else resize_long_side(image, image_size)
-    tensor = torch.zeros(3, image_size, image_size)  # zero = the mean colour after normalisation
-    valid_h, valid_w = scaled.shape[:2]
-    tensor[:, :valid_h, :valid_w] = normalize_image(scaled)
+    # normalised once per batch (collate_scoring), not here per image
+    scaled = image if max(height, width) == image_size else resize_long_side(picture, image_size)
     item = {
         "sha256": sha256,
-        "tensor": tensor,
-        "valid": (valid_h, valid_w),
+        "pixels": scaled,
+        "side": image_size,
+        "valid": scaled.shape[:2],
         "size": (width, height),
-        "thumb": thumbnail_descriptor(image),
-        "confirm": confirmation_thumbnail(image),
+        "thumb": thumbnail_descriptor(picture),
+        "confirm": confirmation_thumbnail(picture),
     }
     if clip:
         small = (
             image
             if max(height, width) <= CLIP_IMAGE_SIZE
-            else resize_long_side(image, CLIP_IMAGE_SIZE)
+            else resize_long_side(picture, CLIP_IMAGE_SIZE)
         )
         item["clip_image"] = small
     return item
@@ -171,12 +170,34 @@ class PendingImages(IterableDataset):
                                            self.max_file_bytes, roots[root])  # fmt: skip
 
 
+def padded_batch(pixels: list[np.ndarray], side: int) -> torch.Tensor:
+    """(B, 3, side, side) float32: each (h, w, 3) uint8 image ImageNet-normalised in the top-left
+    corner, zeros (the mean colour after normalisation) elsewhere.
+
+    The same values as ``normalize_image`` of each image pasted into a zero tensor, computed for
+    the whole batch at once: one pass of numpy per operation instead of one per image.
+    """
+    batch = np.zeros((len(pixels), side, side, 3), np.uint8)
+    for b, image in enumerate(pixels):
+        batch[b, : image.shape[0], : image.shape[1]] = image
+    # channels first while still uint8 (a quarter of the bytes to move), then the same float32
+    # operations as normalize_image, element by element
+    x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32)
+    x /= 255.0
+    x -= IMAGENET_MEAN[:, None, None]
+    x /= IMAGENET_STD[:, None, None]
+    for b, image in enumerate(pixels):
+        x[b, :, image.shape[0] :, :] = 0.0
+        x[b, :, :, image.shape[1] :] = 0.0
+    return torch.from_numpy(x)
+
+
 def collate_scoring(items: list[dict[str, Any]]) -> dict[str, Any]:
-    good = [i for i in items if "tensor" in i]
+    good = [i for i in items if "pixels" in i]
     return {
         "n": len(items),
         "sha256": [i["sha256"] for i in good],
-        "x": torch.stack([i["tensor"] for i in good]) if good else None,
+        "x": padded_batch([i["pixels"] for i in good], good[0]["side"]) if good else None,
         "valid": [i["valid"] for i in good],
         "thumbs": np.stack([i["thumb"] for i in good]) if good else None,
         "confirms": np.stack([i["confirm"] for i in good]) if good else None,

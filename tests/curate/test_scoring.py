@@ -26,6 +26,7 @@ from curate.ingest.pool_sources import iter_pool
 from curate.ingest.register import ingest_pool
 from curate.neighbours.near_duplicates import CONFIRM_EMBEDDER, THUMB_EMBEDDER
 from curate.score import scoring
+from curate.score.pending import collate_scoring
 from curate.score.scoring import (
     VOC_CLASSES,
     Scorer,
@@ -263,3 +264,23 @@ def test_image_size_defaults():
     voc = list(VOC_CLASSES)
     assert resolve_image_size(None, {"config": {}, "class_names": voc}) == 448
     assert resolve_image_size(None, {"config": None, "class_names": ["a", "b"]}) == 64
+
+
+def test_a_batch_is_normalised_once_as_each_image_would_be_on_its_own():
+    """The collated batch holds exactly normalize_image of each image, pasted top-left into
+    zeros (the mean colour), whatever the images' shapes and their order."""
+    rng = np.random.default_rng(3)
+    shapes = [(32, 32), (20, 32), (32, 7), (1, 32), (32, 32)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+    items = [{"sha256": f"{k:064x}", "pixels": im, "side": 32, "valid": im.shape[:2],
+              "size": im.shape[1::-1], "thumb": np.zeros(3), "confirm": np.zeros(3, np.uint8)}
+             for k, im in enumerate(images)]  # fmt: skip
+    items.insert(2, {"sha256": "bad", "bad": "truncated", "detail": "x.jpg: truncated"})
+    batch = collate_scoring(items)
+    assert batch["x"].dtype == torch.float32 and batch["x"].shape == (5, 3, 32, 32)
+    for got, image in zip(batch["x"], images):
+        want = torch.zeros(3, 32, 32)
+        want[:, : image.shape[0], : image.shape[1]] = normalize_image(image)
+        assert torch.equal(got, want)
+    assert batch["bad"] == [("bad", "truncated", "x.jpg: truncated")]
+    assert collate_scoring(items[2:3])["x"] is None

@@ -67,6 +67,15 @@ def decode_image(
     data: bytes, name: str | Path = "<bytes>", max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
     """Decode image bytes into an (H, W, 3) uint8 RGB array, upright per EXIF."""
+    return decode_picture(data, name, max_pixels)[0]
+
+
+def decode_picture(
+    data: bytes, name: str | Path = "<bytes>", max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, Image.Image]:
+    """``decode_image``'s array and the RGB Pillow image it holds the pixels of, so a caller that
+    also resizes (thumbnails, a scoring size) does not build a second Pillow image from the array.
+    """
     if not data:
         raise ImageDecodeError(name, "empty_file")
     try:
@@ -103,7 +112,7 @@ def decode_image(
         raise ImageDecodeError(name, "unreadable", _readable(exc)) from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageDecodeError(name, "unreadable", f"unexpected decoded shape {arr.shape}")
-    return arr
+    return arr, rgb
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -22,11 +22,14 @@ def normalize_image(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
-    height, width = image.shape[:2]
+def resize_long_side(image: np.ndarray | Image.Image, long_side: int) -> np.ndarray:
+    """(H, W, 3) uint8 resized (bilinear) so that its long side is ``long_side``; a Pillow image
+    is resized as it is (the same pixels, without a copy into a new image)."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    width, height = picture.size
     scale = long_side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return np.asarray(picture.resize(size, Image.BILINEAR))
 
 
 @dataclass(frozen=True)
