@@ -4,10 +4,11 @@ A store is its SQLite file plus a folder beside it: vectors of one embedder live
 file ``<db stem>.embeddings/<embedder>.f32`` (row-major, ``dim`` values a row; ``.f16`` for float16
 and ``.u8`` for uint8 rows such as the stored thumbnails), with ``<embedder>.json`` recording
 ``dim`` and ``dtype``. The ``embeddings`` table maps each image's sha256 to its row. Reads are
-memory maps, so ten million rows never have to fit in RAM. Rows are written and flushed to the file before the table rows that point at them are
-inserted, so an interrupted run can leave unreferenced rows at the end of the file, never table
-rows pointing past it. A store copied without its folder has table rows and no vectors:
-``forget_missing_vectors`` drops those rows, so the next ``hardood mine`` re-embeds the images.
+memory maps, so ten million rows never have to fit in RAM. Rows are written and forced to disk
+before the transaction that inserts the table rows pointing at them commits, so an interrupted run
+can leave unreferenced rows at the end of the file, never table rows pointing past it. A store
+copied without its folder has table rows and no vectors: ``forget_missing_vectors`` drops those
+rows, so the next ``hardood mine`` re-embeds the images.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -48,6 +50,17 @@ def _missing_folder(conn: sqlite3.Connection, folder: Path) -> MissingInputError
         "file plus that folder beside it); copy the folder next to the .db, or re-run "
         "`hardood mine` with the same checkpoint to re-embed the images"
     )
+
+
+def sync_files(files: Sequence[EmbeddingFile]) -> None:
+    """``EmbeddingFile.sync`` of several files side by side: the file system then commits their
+    journal once instead of once per file (3 files: about a quarter of the time, one by one)."""
+    if len(files) <= 1:
+        for file in files:
+            file.sync()
+        return
+    with ThreadPoolExecutor(max_workers=len(files)) as pool:
+        list(pool.map(EmbeddingFile.sync, files))  # fsync releases the GIL; errors re-raised
 
 
 class EmbeddingFile:
@@ -147,12 +160,14 @@ class EmbeddingFile:
         """Complete rows in the file (a partly written last row does not count)."""
         return self.path.stat().st_size // self.row_bytes if self.path.is_file() else 0
 
-    def append(self, sha256_list: Sequence[str], vectors: np.ndarray) -> int:
+    def append(self, sha256_list: Sequence[str], vectors: np.ndarray, sync: bool = True) -> int:
         """Append the vectors of images not yet in the file; returns how many were new.
 
-        The vectors are flushed to disk first, then their rows are inserted through the file's
-        connection (committed with the caller's transaction). A sha256 already recorded is
-        skipped.
+        The vectors are written to the file and forced to disk (``os.fsync``) first, then their
+        rows are inserted through the file's connection (committed with the caller's
+        transaction). A sha256 already recorded is skipped. ``sync=False`` leaves the fsync to
+        the caller, who must call ``sync_files`` before the transaction commits (``write_scored``
+        syncs the files of one batch together).
         """
         vectors = np.asarray(vectors)
         keys = list(sha256_list)
@@ -169,14 +184,14 @@ class EmbeddingFile:
                 fresh[key] = i
         if not fresh:
             return 0
-        first_row = self._write_rows(vectors[list(fresh.values())])
+        first_row = self._write_rows(vectors[list(fresh.values())], sync)
         self.conn.executemany(
             "INSERT OR IGNORE INTO embeddings(sha256, embedder, row) VALUES (?, ?, ?)",
             [(key, self.embedder, first_row + j) for j, key in enumerate(fresh)],
         )
         return len(fresh)
 
-    def _write_rows(self, block: np.ndarray) -> int:
+    def _write_rows(self, block: np.ndarray, sync: bool = True) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.meta_path.is_file():
             tmp = self.meta_path.with_suffix(".json.tmp")
@@ -192,10 +207,17 @@ class EmbeddingFile:
                     os.ftruncate(f.fileno(), size)
                 f.write(np.ascontiguousarray(block, dtype=self.numpy_dtype).tobytes())
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return size // self.row_bytes
+
+    def sync(self) -> None:
+        """Force the rows written so far to disk (``append(..., sync=False)``)."""
+        if self.path.is_file():
+            with open(self.path, "ab") as f:
+                os.fsync(f.fileno())
 
     def _rows_of(self, keys: Sequence[str]) -> dict[str, int]:
         rows: dict[str, int] = {}

@@ -155,7 +155,7 @@ def write_scored(
 
     ``files`` caches the open ``EmbeddingFile`` of each embedder across the batches of one pass.
     """
-    from curate.neighbours.vector_index import EmbeddingFile
+    from curate.neighbours.vector_index import EmbeddingFile, sync_files
 
     files = {} if files is None else files
     with store.transaction(conn, immediate=True):
@@ -202,7 +202,11 @@ def write_scored(
         ]
         if batch.clip_embedding is not None:
             vectors.append((target.clip_embedder, batch.clip_embedding, "float32"))
+        written = []
         for name, matrix, dtype in vectors:
             if name not in files:
                 files[name] = EmbeddingFile.for_writing(conn, name, matrix.shape[1], dtype)
-            files[name].append(shas, matrix)  # skips images the file already holds
+            # skips images the file already holds
+            if files[name].append(shas, matrix, sync=False):
+                written.append(files[name])
+        sync_files(written)  # before the commit: no table row ever points past the file's end

@@ -1,4 +1,6 @@
+import os
 import shutil
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -209,3 +211,34 @@ def test_forget_missing_vectors_keeps_the_rows_a_truncated_file_still_holds(conn
     keys, got = file.load_all()
     assert keys == _shas("a")
     np.testing.assert_array_equal(np.asarray(got), vectors[:1])
+
+
+def test_a_scored_batch_forces_every_vector_file_to_disk_before_its_rows_commit(conn, monkeypatch):
+    """write_scored syncs its files together (sync_files), still before the commit that makes the
+    table rows point at the new vectors."""
+    from curate.score.scored_batch import ScoredBatch, ScoreTarget, write_scored
+
+    events = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    shas = _shas("a", "b")
+    with store.transaction(conn):
+        conn.executemany(
+            "INSERT INTO images(sha256, n_bytes, status) VALUES (?, 1, 'ok')", [(s,) for s in shas]
+        )
+    run_id = store.start_run(conn, "mine", {}, "c" * 64)
+    batch = ScoredBatch(shas, [(8, 8)] * 2, np.full((2, 3), 0.5, np.float32), np.zeros(2, int),
+                        np.ones(2), np.ones(2), np.ones(2), np.zeros((2, 4, 4), np.uint8),
+                        _unit(2, 8), _unit(2, 108), np.zeros((2, 768), np.uint8))  # fmt: skip
+    conn.set_trace_callback(lambda sql: events.append(("sql", sql.split()[0])) if sql else None)
+    write_scored(conn, ScoreTarget("c" * 64, "classifier-c"), run_id, batch)
+    conn.set_trace_callback(None)
+    commit = events.index(("sql", "COMMIT"))
+    synced = {name for kind, name in events[:commit] if kind == "fsync"}
+    assert synced == {"classifier-c.f32", "thumb6.f16", "confirm16.u8"}
+    assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 6
