@@ -67,3 +67,29 @@ def test_checkpoint_round_trip_keeps_outputs_and_hash(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):
         load_cam_net(tmp_path / "junk.pt")
+
+
+def test_a_loaded_checkpoint_holds_exactly_its_weights_as_trainable_or_frozen_bn(tmp_path):
+    """Loading builds the model without its random initialisation: every tensor comes from the
+    file, and a counter a converted checkpoint lacks (num_batches_tracked) starts at 0."""
+    torch.manual_seed(0)
+    model = build_cam_net("resnet18", 3, 16, frozen_bn=False)
+    model.train()(torch.randn(4, 3, 32, 32))  # moves the BN statistics and counters
+    model.eval()
+    save_checkpoint(tmp_path / "m.pt", model, ["a", "b", "c"], {})
+    payload = torch.load(tmp_path / "m.pt", weights_only=False)
+    payload["state_dict"] = {
+        k: v for k, v in payload["state_dict"].items() if not k.endswith("num_batches_tracked")
+    }
+    torch.save(payload, tmp_path / "converted.pt")
+    saved = model.state_dict()
+    loaded, _ = load_cam_net(tmp_path / "m.pt")
+    assert all(torch.equal(saved[k], v) for k, v in loaded.state_dict().items())
+    converted, _ = load_cam_net(tmp_path / "converted.pt")
+    for name, value in converted.state_dict().items():
+        want = torch.zeros_like(value) if name.endswith("num_batches_tracked") else saved[name]
+        assert torch.equal(value, want), name
+    frozen, _ = load_cam_net(tmp_path / "m.pt", frozen_bn=True)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(frozen(x), model(x), atol=1e-5)

@@ -90,7 +90,14 @@ def load_cam_net(
     args = dict(payload["model_args"])
     if frozen_bn is not None:
         args["frozen_bn"] = frozen_bn
-    model = build_cam_net(**args)
+    # built without storage, then given empty tensors that the checkpoint fills: the random
+    # initialisation a constructor does would be overwritten anyway (half of a resnet18's load)
+    with torch.device("meta"):
+        model = build_cam_net(**args)
+    model = model.to_empty(device="cpu")
+    for name, buffer in model.named_buffers():
+        if name.endswith("num_batches_tracked"):  # a converted checkpoint may lack it: 0 as built
+            buffer.zero_()
     state = payload.pop("state_dict")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
