@@ -182,7 +182,14 @@ def _ingest_chunk(
             report.counts["unchanged"] += 1
         else:
             to_hash.append(item)
-    hashes = pool.map(lambda i: _hash_file(i.path, options["max_file_bytes"]), to_hash)
+    # each thread hashes one contiguous slice: a future per file cost more than hashing a small
+    # file, and the slices still overlap their disk reads
+    size = -(-len(to_hash) // READ_THREADS) or 1
+    slices = [to_hash[i : i + size] for i in range(0, len(to_hash), size)]
+    hashed = pool.map(
+        lambda part: [_hash_file(i.path, options["max_file_bytes"]) for i in part], slices
+    )
+    hashes = [h for part in hashed for h in part]
     for item, (sha, n_bytes, refused) in zip(to_hash, hashes):
         if refused is not None:
             report.refuse(item, refused.reason, refused.detail)
