@@ -15,7 +15,7 @@ import hashlib
 import os
 import sqlite3
 import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from curate import store
 from wood_train.errors import DataError
@@ -76,23 +76,27 @@ def locate_in_root(
     ``resolved_root`` is ``resolve_root(root)`` computed once for many files under one root; the
     file is then looked up, and contained, under the root as it was resolved.
     """
-    if not relpath or "\x00" in relpath or "\x00" in str(root):
+    # plain strings and os.path: this runs for every file at ingest and again at scoring, where
+    # pathlib's objects cost more than the checks themselves
+    root_text = os.fspath(root)
+    if not relpath or "\x00" in relpath or "\x00" in root_text:
         return None, BAD_PATH
-    rel = PurePosixPath(relpath.replace("\\", "/"))
-    if rel.is_absolute() or ".." in rel.parts or not Path(root).is_absolute():
+    rel = relpath.replace("\\", "/")
+    if rel.startswith("/") or ".." in rel.split("/") or not os.path.isabs(root_text):
         return None, BAD_PATH
     real_root, reason = resolve_root(root) if resolved_root is None else resolved_root
     if real_root is None:
         return None, reason
+    base = os.fspath(real_root)
     try:
-        candidate = (real_root / rel).resolve(strict=True)
+        candidate = os.path.realpath(os.path.join(base, rel), strict=True)
     except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
         return None, MISSING
-    if not real_root.is_dir():
+    if not os.path.isdir(base):
         return None, BAD_PATH
-    if not candidate.is_relative_to(real_root):
+    if candidate != base and not candidate.startswith(base.rstrip("/") + "/"):
         return None, OUTSIDE_ROOT
-    return candidate, None
+    return Path(candidate), None
 
 
 def contained_file(root: str | Path, relpath: str) -> Path | None:
