@@ -146,7 +146,11 @@ def read_pool_file(path: str | Path, max_bytes: int) -> bytes:
         if info.st_size > max_bytes:
             raise RefusedFile(path, TOO_LARGE, limit)
         try:
-            data = f.read(max_bytes + 1)
+            # ask for the size fstat gave, plus a byte to notice growth: asking for max_bytes + 1
+            # at once allocates (maps and unmaps) a buffer that large for every small file
+            data = f.read(info.st_size + 1)
+            if len(data) > info.st_size:  # it grew since fstat (or fstat says 0): read on
+                data += f.read(max_bytes + 1 - len(data))
         except OSError as exc:
             raise RefusedFile(path, UNREADABLE, os.strerror(exc.errno or 0)) from None
     if len(data) > max_bytes:

@@ -242,6 +242,22 @@ def test_a_root_resolved_once_gives_the_same_answers_and_stays_where_it_was_reso
     assert image_files.locate_in_root(root, "a.png") == ((other / "a.png").resolve(), None)
 
 
+def test_a_file_is_read_whole_up_to_the_cap_whatever_its_stated_size(tmp_path):
+    """read_pool_file asks for the size fstat gives plus one byte, and reads on when there is
+    more: a procfs file states 0 bytes and still has content; the cap still holds."""
+    data = bytes(range(256)) * 40
+    (tmp_path / "a.bin").write_bytes(data)
+    assert image_files.read_pool_file(tmp_path / "a.bin", len(data)) == data
+    with pytest.raises(image_files.RefusedFile, match="file too large"):
+        image_files.read_pool_file(tmp_path / "a.bin", len(data) - 1)
+    stated_empty = Path("/proc/self/status")
+    if not stated_empty.is_file() or stated_empty.stat().st_size != 0:
+        pytest.skip("needs a procfs file that states 0 bytes (Linux)")
+    assert image_files.read_pool_file(stated_empty, 2**20).startswith(b"Name:")
+    with pytest.raises(image_files.RefusedFile, match="grew past"):
+        image_files.read_pool_file(stated_empty, 8)
+
+
 _RUNNER = """
 import sys, time
 from curate import store
